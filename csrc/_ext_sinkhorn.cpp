@@ -1,0 +1,116 @@
+// Python bindings (nanobind) for the fused log-domain Sinkhorn kernels.
+// NumPy references with the same signatures: otsolve/kernels/reference.py.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "sinkhorn_kernels.hpp"
+
+namespace nb = nanobind;
+using namespace otsolve;
+
+template <typename T>
+using Mat = nb::ndarray<const T, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using CVec = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Vec = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+static void check_len(const char* name, size_t got, long want) {
+  if (static_cast<long>(got) != want)
+    throw std::invalid_argument(std::string(name) + " has length " + std::to_string(got) +
+                                ", expected " + std::to_string(want));
+}
+
+template <typename Cost>
+static std::tuple<long, int, std::vector<double>> run_sweeps(const Cost& cost, CVec log_a, CVec log_b,
+                                                              Vec f, Vec g, double eps, long max_iter,
+                                                              double tol, int n_threads) {
+  check_len("log_a", log_a.shape(0), cost.n);
+  check_len("f", f.shape(0), cost.n);
+  check_len("log_b", log_b.shape(0), cost.m);
+  check_len("g", g.shape(0), cost.m);
+  SweepStats st;
+  {
+    nb::gil_scoped_release release;
+    st = sinkhorn_sweeps(cost, log_a.data(), log_b.data(), f.data(), g.data(), eps, max_iter, tol,
+                         n_threads);
+  }
+  return {st.n_iter, st.status, st.errors};
+}
+
+template <typename Cost>
+static std::tuple<double, double> run_stats(const Cost& cost, CVec f, CVec g, double eps, Vec row,
+                                            Vec col, int n_threads) {
+  check_len("f", f.shape(0), cost.n);
+  check_len("row", row.shape(0), cost.n);
+  check_len("g", g.shape(0), cost.m);
+  check_len("col", col.shape(0), cost.m);
+  double c = 0.0, e = 0.0;
+  {
+    nb::gil_scoped_release release;
+    plan_statistics(cost, f.data(), g.data(), eps, row.data(), col.data(), &c, &e, n_threads);
+  }
+  return {c, e};
+}
+
+template <typename T>
+static DenseCost<T> dense(Mat<T> C) {
+  return DenseCost<T>{C.data(), static_cast<long>(C.shape(0)), static_cast<long>(C.shape(1))};
+}
+
+template <typename T>
+static PointCloudCost<T> cloud(Mat<T> X, Mat<T> YT, int kind, double scale) {
+  if (X.shape(1) != YT.shape(0)) throw std::invalid_argument("X and Y have different dimensions");
+  if (kind != 0 && kind != 1) throw std::invalid_argument("unknown cost kind");
+  return PointCloudCost<T>{X.data(), YT.data(), static_cast<long>(X.shape(0)),
+                           static_cast<long>(YT.shape(1)), static_cast<long>(X.shape(1)), scale,
+                           static_cast<CostKind>(kind)};
+}
+
+template <typename T>
+static void bind_dtype(nb::module_& m) {
+  m.def(
+      "sinkhorn_dense",
+      [](Mat<T> C, CVec log_a, CVec log_b, Vec f, Vec g, double eps, long max_iter, double tol,
+         int n_threads) {
+        return run_sweeps(dense<T>(C), log_a, log_b, f, g, eps, max_iter, tol, n_threads);
+      },
+      nb::arg("C"), nb::arg("log_a"), nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"),
+      nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads") = 0);
+  m.def(
+      "sinkhorn_pointcloud",
+      [](Mat<T> X, Mat<T> YT, int kind, double scale, CVec log_a, CVec log_b, Vec f, Vec g,
+         double eps, long max_iter, double tol, int n_threads) {
+        return run_sweeps(cloud<T>(X, YT, kind, scale), log_a, log_b, f, g, eps, max_iter, tol,
+                          n_threads);
+      },
+      nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("log_a"),
+      nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"), nb::arg("max_iter"),
+      nb::arg("tol"), nb::arg("n_threads") = 0);
+  m.def(
+      "plan_stats_dense",
+      [](Mat<T> C, CVec f, CVec g, double eps, Vec row, Vec col, int n_threads) {
+        return run_stats(dense<T>(C), f, g, eps, row, col, n_threads);
+      },
+      nb::arg("C"), nb::arg("f"), nb::arg("g"), nb::arg("eps"), nb::arg("row"), nb::arg("col"),
+      nb::arg("n_threads") = 0);
+  m.def(
+      "plan_stats_pointcloud",
+      [](Mat<T> X, Mat<T> YT, int kind, double scale, CVec f, CVec g, double eps, Vec row, Vec col,
+         int n_threads) {
+        return run_stats(cloud<T>(X, YT, kind, scale), f, g, eps, row, col, n_threads);
+      },
+      nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("f"), nb::arg("g"),
+      nb::arg("eps"), nb::arg("row"), nb::arg("col"), nb::arg("n_threads") = 0);
+}
+
+NB_MODULE(_ext_sinkhorn, m) {
+  m.doc() = "Fused log-domain Sinkhorn kernels (C++/OpenMP).";
+  bind_dtype<double>(m);
+  bind_dtype<float>(m);
+  m.def("max_threads", []() { return resolve_threads(0); });
+  m.def("fast_exp", [](double x) { return fast_exp(x); });
+}

@@ -1,0 +1,97 @@
+"""Dense cost matrices."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from .._validation import _xp, as_float_array, check_finite
+
+__all__ = ["Geometry", "resolve_scale"]
+
+
+def resolve_scale(scale_cost: Any, stats) -> float:
+    """Turn ``scale_cost`` (a number, or "max" / "mean") into a multiplier of the cost.
+
+    ``stats`` is a callable returning (max, mean) of the unscaled cost, evaluated only when needed.
+    """
+    if isinstance(scale_cost, str):
+        if scale_cost not in ("max", "mean"):
+            raise ValueError(f"scale_cost must be a positive number, 'max' or 'mean', got {scale_cost!r}")
+        mx, mean = stats()
+        ref = mx if scale_cost == "max" else mean
+        if not ref > 0:
+            raise ValueError(f"cannot scale the cost by its {scale_cost}: it is {ref!r}")
+        return 1.0 / ref
+    s = float(scale_cost)
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError(f"scale_cost must be a positive finite number, got {scale_cost!r}")
+    return s
+
+
+class Geometry:
+    """A dense ``n x m`` cost matrix.
+
+    Parameters
+    ----------
+    cost : array_like, shape (n, m)
+        Cost matrix ``C``. float32 and float64 are kept as they are; integers become float64.
+        NumPy or CuPy arrays.
+    scale_cost : float or {"max", "mean"}, default 1.0
+        Multiply the cost by this number, or divide it by its max / mean.
+
+    Notes
+    -----
+    Solvers never look at the matrix themselves: they go through the geometry's kernels
+    (:mod:`otsolve.kernels`), as in OTT-JAX's geometry / problem / solver split.
+    """
+
+    is_online = False
+
+    def __init__(self, cost: Any, *, scale_cost: float | str = 1.0) -> None:
+        C = as_float_array(cost, "cost", ndim=2)
+        check_finite(C, "cost")
+        xp = _xp(C)
+        s = resolve_scale(scale_cost, lambda: (float(xp.max(C)), float(xp.mean(C))))
+        if s != 1.0:
+            C = C * C.dtype.type(s)
+        self._cost = C if C.flags.c_contiguous else xp.ascontiguousarray(C)
+        self.scale = s
+
+    @property
+    def cost_matrix(self):
+        """The (scaled) dense cost matrix."""
+        return self._cost
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self._cost.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self):
+        return self._cost.dtype
+
+    @property
+    def xp(self):
+        """Array namespace (numpy or cupy) of the geometry's arrays."""
+        return _xp(self._cost)
+
+    def cost_rows(self, start: int, stop: int):
+        """Rows ``start:stop`` of the cost matrix."""
+        return self._cost[start:stop]
+
+    def iter_row_blocks(self, chunk_size: int | None = None) -> Iterator[tuple[int, Any]]:
+        n = self.shape[0]
+        step = n if chunk_size is None else max(1, int(chunk_size))
+        for s in range(0, n, step):
+            yield s, self.cost_rows(s, min(n, s + step))
+
+    def max_cost(self) -> float:
+        return float(self.xp.max(self._cost))
+
+    def mean_cost(self) -> float:
+        return float(self.xp.mean(self._cost))
+
+    def __repr__(self) -> str:
+        n, m = self.shape
+        return f"Geometry(n={n}, m={m}, dtype={self.dtype})"

@@ -1,0 +1,77 @@
+"""Balanced linear (Kantorovich) optimal transport problems."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._validation import _xp, check_epsilon, check_same_mass, check_weights
+from ..geometry import Geometry, PointCloud
+
+__all__ = ["LinearProblem", "as_geometry"]
+
+
+def as_geometry(geom: Any) -> Geometry | PointCloud:
+    """A Geometry / PointCloud as is; an array becomes a dense :class:`Geometry`."""
+    if isinstance(geom, (Geometry, PointCloud)):
+        return geom
+    return Geometry(geom)
+
+
+class LinearProblem:
+    r"""Balanced OT between weights ``a`` (rows) and ``b`` (columns) for a geometry.
+
+    .. math:: \min_{P \ge 0,\ P1 = a,\ P^T 1 = b} \langle C, P\rangle + \varepsilon \sum_{ij} P_{ij}\log P_{ij}
+
+    Parameters
+    ----------
+    geom : Geometry, PointCloud or array_like (n, m)
+        The cost. An array is wrapped in :class:`~otsolve.Geometry`.
+    a, b : array_like, optional
+        Nonnegative weights of length n and m with equal sums; uniform ``1/n``, ``1/m`` if omitted.
+        Zero entries are allowed (their potentials are then ``-inf``).
+    epsilon : float, optional
+        Entropic regularization ε > 0 in cost units (POT's ``reg``; SNS's η = 1/ε). Needed by the
+        entropic solvers (Sinkhorn, SNS); the sparsity-constrained solver uses its own ``gamma``.
+    """
+
+    def __init__(self, geom: Any, a: Any = None, b: Any = None, epsilon: float | None = None) -> None:
+        self.geom = as_geometry(geom)
+        n, m = self.geom.shape
+        dtype = self.geom.dtype
+        self.a = check_weights(a, n, "a", dtype=dtype)
+        self.b = check_weights(b, m, "b", dtype=dtype)
+        xp = _xp(self.geom.x if isinstance(self.geom, PointCloud) else self.geom.cost_matrix)
+        if xp is not np:
+            self.a, self.b = xp.asarray(self.a), xp.asarray(self.b)
+        check_same_mass(self.a, self.b, rtol=1e-6 if dtype == np.float64 else 1e-4)
+        self.epsilon = None if epsilon is None else check_epsilon(epsilon)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.geom.shape
+
+    @property
+    def dtype(self):
+        return self.geom.dtype
+
+    @property
+    def is_uniform(self) -> bool:
+        n, m = self.shape
+        return bool(np.allclose(np.asarray(self.a), 1.0 / n) and np.allclose(np.asarray(self.b), 1.0 / m))
+
+    def require_epsilon(self) -> float:
+        if self.epsilon is None:
+            raise ValueError("this solver needs epsilon > 0: LinearProblem(geom, a, b, epsilon=...)")
+        return self.epsilon
+
+    def with_epsilon(self, epsilon: float) -> "LinearProblem":
+        """The same problem with another ε (weights are not re-validated)."""
+        new = object.__new__(LinearProblem)
+        new.__dict__.update(self.__dict__)
+        new.epsilon = check_epsilon(epsilon)
+        return new
+
+    def __repr__(self) -> str:
+        n, m = self.shape
+        return f"LinearProblem(n={n}, m={m}, epsilon={self.epsilon}, geom={self.geom!r})"

@@ -1,0 +1,91 @@
+"""Helpers shared by the entropic solvers: warm starts, warnings, plan statistics."""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Geometry, PointCloud
+from ..kernels import get_sinkhorn_kernels
+from ..problems import LinearProblem
+
+__all__ = [
+    "default_tol",
+    "initial_potentials",
+    "safe_log",
+    "compiled_cost_args",
+    "plan_statistics",
+    "dense_plan",
+    "warn_not_converged",
+]
+
+
+def default_tol(dtype) -> float:
+    """Default L1 marginal tolerance: 1e-9 in float64, 1e-6 in float32."""
+    return 1e-9 if np.dtype(dtype) == np.float64 else 1e-6
+
+
+def safe_log(w: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(w, dtype=np.float64))
+
+
+def initial_potentials(init: Any, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 working copies of a warm start ``(f, g)`` / OTResult, or zeros."""
+    if init is None:
+        return np.zeros(n), np.zeros(m)
+    if hasattr(init, "f") and hasattr(init, "g"):
+        f, g = init.f, init.g
+    else:
+        try:
+            f, g = init
+        except (TypeError, ValueError):
+            raise ValueError("init must be (f, g) or an OTResult") from None
+    f = np.array(np.asarray(f), dtype=np.float64).reshape(-1)
+    g = np.array(np.asarray(g), dtype=np.float64).reshape(-1)
+    if f.shape != (n,) or g.shape != (m,):
+        raise ValueError(f"init potentials have shapes {f.shape}, {g.shape}; expected ({n},), ({m},)")
+    if np.isnan(f).any() or np.isnan(g).any() or np.isposinf(f).any() or np.isposinf(g).any():
+        raise ValueError("init potentials contain NaN or +inf")
+    return f, g
+
+
+def compiled_cost_args(geom: Geometry | PointCloud) -> tuple[str, tuple]:
+    """("dense", (C,)) or ("pointcloud", (X, YT, kind, scale)) for the kernels."""
+    if isinstance(geom, PointCloud) and geom.kernel_kind is not None:
+        X = np.ascontiguousarray(geom.x)
+        YT = np.ascontiguousarray(geom.y.T)
+        return "pointcloud", (X, YT, int(geom.kernel_kind), float(geom.kernel_scale))
+    return "dense", (np.ascontiguousarray(geom.cost_matrix),)
+
+
+def plan_statistics(geom, f, g, eps: float, compiled: bool = True, n_threads: int = 0):
+    """(row marginal, column marginal, <C,P>, sum P log P) of the plan of (f, g)."""
+    K = get_sinkhorn_kernels(compiled)
+    n, m = geom.shape
+    row, col = np.empty(n), np.empty(m)
+    kind, args = compiled_cost_args(geom)
+    fn = K.plan_stats_dense if kind == "dense" else K.plan_stats_pointcloud
+    cost, plogp = fn(*args, f, g, eps, row, col, n_threads)
+    return row, col, cost, plogp
+
+
+def dense_plan(geom, f, g, eps: float, dtype) -> np.ndarray:
+    """Dense plan exp((f_i + g_j - C_ij)/eps - 1), built block by block."""
+    n, m = geom.shape
+    P = np.empty((n, m), dtype=dtype)
+    for s, blk in geom.iter_row_blocks():
+        L = (f[s : s + blk.shape[0], None] + g[None, :] - np.asarray(blk, dtype=np.float64)) / eps - 1.0
+        with np.errstate(over="ignore"):
+            P[s : s + blk.shape[0]] = np.exp(L)
+    return P
+
+
+def warn_not_converged(method: str, message: str) -> None:
+    warnings.warn(f"{method}: {message}", RuntimeWarning, stacklevel=3)
+
+
+def marginal_l1(problem: LinearProblem, row, col) -> float:
+    return float(np.abs(row - np.asarray(problem.a, dtype=np.float64)).sum()
+                 + np.abs(col - np.asarray(problem.b, dtype=np.float64)).sum())
