@@ -11,6 +11,7 @@ from ..kernels import get_sinkhorn_kernels
 from ..problems import LinearProblem
 
 __all__ = [
+    "is_cupy_problem",
     "default_tol",
     "initial_potentials",
     "safe_log",
@@ -19,6 +20,11 @@ __all__ = [
     "dense_plan",
     "warn_not_converged",
 ]
+
+
+def is_cupy_problem(problem: LinearProblem) -> bool:
+    """True when the problem's arrays live on the GPU (CuPy)."""
+    return type(problem.a).__module__.startswith("cupy")
 
 
 def default_tol(dtype) -> float:

@@ -12,6 +12,7 @@ from ..geometry import Geometry, PointCloud
 from ..kernels import get_sinkhorn_kernels
 from ..problems import LinearProblem
 from ._common import (
+    is_cupy_problem,
     compiled_cost_args,
     default_tol,
     dense_plan,
@@ -115,6 +116,10 @@ class Sinkhorn:
             raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
         eps = problem.require_epsilon()
         geom = problem.geom
+        if is_cupy_problem(problem):  # GPU path: CUDA kernels through CuPy
+            from ..backends.cupy_sinkhorn import solve_sinkhorn_cupy
+
+            return solve_sinkhorn_cupy(self, problem, init)
         n, m = geom.shape
         tol = default_tol(problem.dtype) if self.tol is None else float(self.tol)
         f, g = initial_potentials(init, n, m)
