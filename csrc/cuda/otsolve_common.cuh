@@ -1,0 +1,121 @@
+// Helpers shared by the otsolve CUDA kernels (compiled by NVRTC through cupy.RawModule).
+//
+// The Python loader (otsolve/backends/cuda_kernels.py) pastes this header into each .cu file
+// before compiling, so CuPy's compile cache keys on the full text; nvcc sees it through -I.
+// No standard headers: NVRTC has none by default.
+#pragma once
+
+namespace otsolve_cuda {
+
+typedef long long i64;
+
+// Per-type constants and math (float uses the accurate expf/logf, not __expf: the marginal
+// error of float32 problems is tested against 1e-6 and __expf loses ~1e-5 at exponents ~-80).
+template <typename T> struct Tr;
+template <> struct Tr<float> {
+  static __device__ __forceinline__ float ninf() { return __int_as_float(0xff800000); }
+  static __device__ __forceinline__ float pinf() { return __int_as_float(0x7f800000); }
+  static __device__ __forceinline__ float ex(float x) { return expf(x); }
+  static __device__ __forceinline__ float lg(float x) { return logf(x); }
+  static __device__ __forceinline__ float max_log() { return 88.0f; }  // exp overflows above
+};
+template <> struct Tr<double> {
+  static __device__ __forceinline__ double ninf() { return __longlong_as_double(0xfff0000000000000ULL); }
+  static __device__ __forceinline__ double pinf() { return __longlong_as_double(0x7ff0000000000000ULL); }
+  static __device__ __forceinline__ double ex(double x) { return exp(x); }
+  static __device__ __forceinline__ double lg(double x) { return log(x); }
+  static __device__ __forceinline__ double max_log() { return 709.0; }
+};
+
+__device__ __forceinline__ double dninf() { return __longlong_as_double(0xfff0000000000000ULL); }
+
+// Online log-sum-exp state: LSE = mx + log(s), and t = sum_j exp(v_j - mx) * w_j (a weighted sum
+// rescaled together with s, used for <C, P>). The max is kept in the working type, the sums in
+// double so that long rows (m ~ 1e5) do not lose float32 accuracy.
+template <typename T> struct Lse {
+  T mx;
+  double s, t;
+  __device__ __forceinline__ void init() { mx = Tr<T>::ninf(); s = 0.0; t = 0.0; }
+  // One exp per entry: either the entry's weight or the rescaling of the old sums.
+  __device__ __forceinline__ void push(T v, T w) {
+    if (v > mx) {
+      const double r = (double)Tr<T>::ex(mx - v);  // 0 when mx = -inf
+      s = s * r + 1.0;
+      t = t * r + (double)w;
+      mx = v;
+    } else if (mx != Tr<T>::ninf()) {  // v <= mx; skips -inf entries while mx is still -inf
+      const double e = (double)Tr<T>::ex(v - mx);
+      s += e;
+      t += e * (double)w;
+    } else if (v != v) {  // NaN entry: poison the sums so divergence is seen
+      s = v;
+    }
+  }
+  __device__ __forceinline__ void merge(T omx, double os, double ot) {
+    if (omx == Tr<T>::ninf() && os == 0.0) return;
+    if (mx == Tr<T>::ninf() && s == 0.0) { mx = omx; s = os; t = ot; return; }
+    if (omx > mx) {
+      const double r = (double)Tr<T>::ex(mx - omx);
+      s = s * r + os; t = t * r + ot; mx = omx;
+    } else {
+      const double r = (double)Tr<T>::ex(omx - mx);
+      s += os * r; t += ot * r;
+    }
+  }
+  __device__ __forceinline__ void warp_reduce() {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const T omx = __shfl_xor_sync(0xffffffffu, mx, off);
+      const double os = __shfl_xor_sync(0xffffffffu, s, off);
+      const double ot = __shfl_xor_sync(0xffffffffu, t, off);
+      merge(omx, os, ot);
+    }
+  }
+  // log-sum-exp as double (-inf for an empty / all -inf row).
+  __device__ __forceinline__ double value() const {
+    if (!(s > 0.0)) return (s != s) ? s : dninf();
+    return (double)mx + log(s);
+  }
+};
+
+// Result of one row (or column) of a pass, written by its finishing thread.
+//   mode 0 (update): err = |mass of the entering iterate - w|, pot <- eps (log w + 1 - lse)
+//   mode 1 (marginal): mass_out = exp(pot/eps - 1 + lse), cost_out = <C, P> of that row
+template <typename T>
+__device__ __forceinline__ double finish_line(int mode, double lse, double tsum_over_s, T* pot, i64 idx,
+                                              const T* logw, T eps, T* mass_out, double* cost_out) {
+  const double e = (double)eps;
+  const double p_old = (double)pot[idx];
+  double ex = p_old / e - 1.0 + lse;
+  if (ex > (double)Tr<T>::max_log()) ex = (double)Tr<T>::max_log();
+  const double mass = (p_old == dninf()) ? 0.0 : exp(ex);
+  if (mode == 0) {
+    const double lw = (double)logw[idx];
+    const double w = exp(lw);
+    pot[idx] = (T)((lw == dninf()) ? dninf() : e * (lw + 1.0 - lse));
+    return fabs(mass - w);
+  }
+  mass_out[idx] = (T)mass;
+  if (cost_out) cost_out[idx] = (mass > 0.0) ? mass * tsum_over_s : 0.0;
+  return 0.0;
+}
+
+// Sum `v` over the block and add it to *out (one atomic per block). blockDim.x*blockDim.y <= 1024.
+__device__ __forceinline__ void block_atomic_add(double v, double* out) {
+  __shared__ double red[32];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  const int nthreads = blockDim.x * blockDim.y;
+  const int lane = tid & 31, warp = tid >> 5;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = (lane < (nthreads + 31) / 32) ? red[lane] : 0.0;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0 && v != 0.0) atomicAdd(out, v);  // NaN != 0: divergence reaches the host
+  }
+}
+
+}  // namespace otsolve_cuda

@@ -1,0 +1,217 @@
+// Fused log-domain Sinkhorn passes on the GPU (dense costs and point clouds), batched.
+//
+// Convention: P_ij = exp((f_i + g_j - C_ij)/eps - 1). One iteration is
+//   row pass:    lse_i = LSE_j (g_j - C_ij)/eps;  err += |exp(f_i/eps - 1 + lse_i) - a_i|;
+//                f_i <- eps (log a_i + 1 - lse_i)
+//   column pass: lse_j = LSE_i (f_i - C_ij)/eps;  g_j <- eps (log b_j + 1 - lse_j)
+// so the cost is read twice per iteration (the memory floor) and each entry costs one exp.
+// The row pass measures the L1 marginal error of the iterate entering it (its columns are exact
+// after the previous column pass), so stopping costs no extra pass.
+//
+// Batching: every array has a leading problem axis (B problems of one size, contiguous) and the
+// kernels run only over `active` problem ids (grid.y / grid.z), so finished problems cost nothing.
+// Mode 1 computes marginals (and <C,P> per row) of the plan of (f, g) without updating them.
+#include "otsolve_common.cuh"
+
+using namespace otsolve_cuda;
+
+// ---- dense cost: row pass, one warp per row ---------------------------------------------
+// C (B, n, m); pot (B, n) updated; other (B, m); logw (B, n); err_out (B,) accumulated.
+template <typename T>
+__global__ void row_pass_dense(const T* __restrict__ C, const T* __restrict__ other, const T* __restrict__ logw,
+                               T* __restrict__ pot, const int* __restrict__ active, i64 n, i64 m, T eps,
+                               int mode, int with_cost, double* __restrict__ err_out, T* __restrict__ mass_out,
+                               double* __restrict__ cost_out) {
+  const int p = active[blockIdx.y];
+  const int lane = threadIdx.x & 31;
+  const i64 i = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  double err = 0.0;
+  if (i < n) {  // whole warps take this branch together (rows are per warp)
+    const T* c = C + ((i64)p * n + i) * m;
+    const T* o = other + (i64)p * m;
+    const T inv = (T)1 / eps;
+    Lse<T> st;
+    st.init();
+    if (with_cost) {
+#pragma unroll 4
+      for (i64 j = lane; j < m; j += 32) {
+        const T cij = c[j];
+        st.push((o[j] - cij) * inv, cij);
+      }
+    } else {
+#pragma unroll 4
+      for (i64 j = lane; j < m; j += 32) st.push((o[j] - c[j]) * inv, (T)0);
+    }
+    st.warp_reduce();
+    if (lane == 0) {
+      const double ts = (st.s > 0.0) ? st.t / st.s : 0.0;
+      err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * n + i, logw, eps, mass_out,
+                           with_cost ? cost_out : (double*)0);
+    }
+  }
+  if (mode == 0) block_atomic_add(err, err_out + p);
+}
+
+// ---- dense cost: column pass, partial LSE over row chunks ---------------------------------
+// block (32, 8): threadIdx.x -> column, threadIdx.y strides rows of the chunk blockIdx.y.
+// Partials (n_active, nchunk, m) are combined by col_finalize. Reads of C stay coalesced.
+template <typename T>
+__global__ void col_partial_dense(const T* __restrict__ C, const T* __restrict__ other, const int* __restrict__ active,
+                                  i64 n, i64 m, T eps, int rows_per_chunk, int with_cost, T* __restrict__ part_mx,
+                                  double* __restrict__ part_s, double* __restrict__ part_t) {
+  __shared__ T smx[8][33];
+  __shared__ double ss[8][33];
+  __shared__ double st_[8][33];
+  const int z = blockIdx.z;
+  const int p = active[z];
+  const i64 j = (i64)blockIdx.x * 32 + threadIdx.x;
+  const i64 r0 = (i64)blockIdx.y * rows_per_chunk;
+  i64 r1 = r0 + rows_per_chunk;
+  if (r1 > n) r1 = n;
+  const T inv = (T)1 / eps;
+  Lse<T> st;
+  st.init();
+  if (j < m) {
+    const T* c = C + (i64)p * n * m + j;
+    const T* o = other + (i64)p * n;
+#pragma unroll 4
+    for (i64 i = r0 + threadIdx.y; i < r1; i += 8) {
+      const T cij = c[i * m];
+      st.push((o[i] - cij) * inv, with_cost ? cij : (T)0);
+    }
+  }
+  smx[threadIdx.y][threadIdx.x] = st.mx;
+  ss[threadIdx.y][threadIdx.x] = st.s;
+  st_[threadIdx.y][threadIdx.x] = st.t;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < m) {
+    for (int q = 1; q < 8; ++q) st.merge(smx[q][threadIdx.x], ss[q][threadIdx.x], st_[q][threadIdx.x]);
+    const i64 k = ((i64)z * gridDim.y + blockIdx.y) * m + j;
+    part_mx[k] = st.mx;
+    part_s[k] = st.s;
+    part_t[k] = st.t;
+  }
+}
+
+// One thread per (column, active problem): merge the chunk partials and finish the column.
+template <typename T>
+__global__ void col_finalize(const T* __restrict__ part_mx, const double* __restrict__ part_s,
+                             const double* __restrict__ part_t, int nchunk, const T* __restrict__ logw,
+                             T* __restrict__ pot, const int* __restrict__ active, int n_active, i64 m, T eps,
+                             int mode, int with_cost, double* __restrict__ err_out, T* __restrict__ mass_out,
+                             double* __restrict__ cost_out) {
+  const i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const int z = blockIdx.y;
+  if (z >= n_active) return;
+  const int p = active[z];
+  double err = 0.0;
+  if (j < m) {
+    Lse<T> st;
+    st.init();
+    for (int q = 0; q < nchunk; ++q) {
+      const i64 k = ((i64)z * nchunk + q) * m + j;
+      st.merge(part_mx[k], part_s[k], part_t[k]);
+    }
+    const double ts = (st.s > 0.0) ? st.t / st.s : 0.0;
+    err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * m + j, logw, eps, mass_out,
+                         with_cost ? cost_out : (double*)0);
+  }
+  if (mode == 0 && err_out) block_atomic_add(err, err_out + p);
+}
+
+// ---- point clouds: cost computed on the fly ------------------------------------------------
+// Row pass over X (B, n, d) against YT (B, d, m) (y stored by coordinate so lanes read
+// coalesced). The column pass is the same kernel with the roles of x and y swapped.
+// R rows per warp share each loaded y coordinate (R x less L2 traffic); coordinates of the R
+// rows live in registers when d <= DMAX (compile-time indices only), else they are re-read.
+// kind 0: scale * ||x - y||^2, kind 1: scale * ||x - y||.
+#define OTS_DMAX 4
+#define OTS_R 4
+template <typename T>
+__global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict__ YT, int d, int kind, T scale,
+                                    const T* __restrict__ other, const T* __restrict__ logw, T* __restrict__ pot,
+                                    const int* __restrict__ active, i64 n, i64 m, T eps, int mode, int with_cost,
+                                    double* __restrict__ err_out, T* __restrict__ mass_out,
+                                    double* __restrict__ cost_out) {
+  const int p = active[blockIdx.y];
+  const int lane = threadIdx.x & 31;
+  const i64 i0 = ((i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * OTS_R;
+  double err = 0.0;
+  if (i0 < n) {
+    const T* xb = X + (i64)p * n * d;
+    const T* yt = YT + (i64)p * d * m;
+    const T* o = other + (i64)p * m;
+    const T inv = (T)1 / eps;
+    const bool small_d = d <= OTS_DMAX;
+    T xr[OTS_R][OTS_DMAX];
+#pragma unroll
+    for (int r = 0; r < OTS_R; ++r) {
+      const i64 i = (i0 + r < n) ? i0 + r : n - 1;  // tail rows duplicate the last; not written
+#pragma unroll
+      for (int k = 0; k < OTS_DMAX; ++k) xr[r][k] = (small_d && k < d) ? xb[i * d + k] : (T)0;
+    }
+    Lse<T> st[OTS_R];
+#pragma unroll
+    for (int r = 0; r < OTS_R; ++r) st[r].init();
+    for (i64 j = lane; j < m; j += 32) {
+      T acc[OTS_R];
+#pragma unroll
+      for (int r = 0; r < OTS_R; ++r) acc[r] = (T)0;
+      if (small_d) {
+#pragma unroll
+        for (int k = 0; k < OTS_DMAX; ++k) {
+          if (k < d) {
+            const T yk = yt[(i64)k * m + j];
+#pragma unroll
+            for (int r = 0; r < OTS_R; ++r) {
+              const T t = xr[r][k] - yk;
+              acc[r] += t * t;
+            }
+          }
+        }
+      } else {
+        for (int k = 0; k < d; ++k) {
+          const T yk = yt[(i64)k * m + j];
+#pragma unroll
+          for (int r = 0; r < OTS_R; ++r) {
+            const i64 i = (i0 + r < n) ? i0 + r : n - 1;
+            const T t = xb[i * d + k] - yk;
+            acc[r] += t * t;
+          }
+        }
+      }
+      const T oj = o[j];
+#pragma unroll
+      for (int r = 0; r < OTS_R; ++r) {
+        T cij = (kind == 1) ? sqrt(acc[r]) : acc[r];
+        cij *= scale;
+        st[r].push((oj - cij) * inv, with_cost ? cij : (T)0);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < OTS_R; ++r) {
+      st[r].warp_reduce();
+      if (lane == 0 && i0 + r < n) {
+        const double ts = (st[r].s > 0.0) ? st[r].t / st[r].s : 0.0;
+        err += finish_line<T>(mode, st[r].value(), ts, pot, (i64)p * n + i0 + r, logw, eps, mass_out,
+                              with_cost ? cost_out : (double*)0);
+      }
+    }
+  }
+  if (mode == 0) block_atomic_add(err, err_out + p);
+}
+
+#ifdef OTSOLVE_NVCC_CHECK
+// Explicit instantiations so that `nvcc -DOTSOLVE_NVCC_CHECK` type-checks every template body.
+#define OTS_INST(T)                                                                                   \
+  template __global__ void row_pass_dense<T>(const T*, const T*, const T*, T*, const int*, i64, i64, T, int, \
+                                             int, double*, T*, double*);                              \
+  template __global__ void col_partial_dense<T>(const T*, const T*, const int*, i64, i64, T, int, int, T*,  \
+                                                double*, double*);                                    \
+  template __global__ void col_finalize<T>(const T*, const double*, const double*, int, const T*, T*,     \
+                                           const int*, int, i64, T, int, int, double*, T*, double*);  \
+  template __global__ void row_pass_pointcloud<T>(const T*, const T*, int, int, T, const T*, const T*, T*, \
+                                                  const int*, i64, i64, T, int, int, double*, T*, double*);
+OTS_INST(float)
+OTS_INST(double)
+#endif
