@@ -79,11 +79,16 @@ template <typename T> struct Lse {
 };
 
 // Result of one row (or column) of a pass, written by its finishing thread.
-//   mode 0 (update): err = |mass of the entering iterate - w|, pot <- eps (log w + 1 - lse)
-//   mode 1 (marginal): mass_out = exp(pot/eps - 1 + lse), cost_out = <C, P> of that row
+//   mode 0 (update): pot <- pot + omega (pot_sinkhorn - pot), pot_sinkhorn = eps (log w + 1 - lse)
+//     (omega = 1: plain Sinkhorn; omega in (1, 2): over-relaxation, Thibault et al. 2021).
+//     Returns |mass - w| of the line: of the entering iterate when `result_err` is 0 (row pass),
+//     of the resulting iterate when 1 (column pass; zero for omega = 1, since the column is then
+//     exact: mass = w exp((omega - 1)(pot_sinkhorn - pot_old)/eps)).
+//   mode 1 (marginal): mass_out = exp(pot/eps - 1 + lse), cost_out = <C, P> of that line
 template <typename T>
 __device__ __forceinline__ double finish_line(int mode, double lse, double tsum_over_s, T* pot, i64 idx,
-                                              const T* logw, T eps, T* mass_out, double* cost_out) {
+                                              const T* logw, T eps, T omega, int result_err, T* mass_out,
+                                              double* cost_out) {
   const double e = (double)eps;
   const double p_old = (double)pot[idx];
   double ex = p_old / e - 1.0 + lse;
@@ -92,8 +97,20 @@ __device__ __forceinline__ double finish_line(int mode, double lse, double tsum_
   if (mode == 0) {
     const double lw = (double)logw[idx];
     const double w = exp(lw);
-    pot[idx] = (T)((lw == dninf()) ? dninf() : e * (lw + 1.0 - lse));
-    return fabs(mass - w);
+    if (lw == dninf()) {
+      pot[idx] = (T)dninf();
+      return result_err ? 0.0 : mass;
+    }
+    const double sink = e * (lw + 1.0 - lse);
+    const double om = (double)omega;
+    const bool relax = om != 1.0 && p_old > dninf() && p_old < (double)Tr<T>::pinf();
+    const double p_new = relax ? p_old + om * (sink - p_old) : sink;
+    pot[idx] = (T)p_new;
+    if (!result_err) return fabs(mass - w);
+    if (!relax) return 0.0;
+    double r = (p_new - sink) / e;
+    if (r > (double)Tr<T>::max_log()) r = (double)Tr<T>::max_log();
+    return w * fabs(expm1(r));
   }
   mass_out[idx] = (T)mass;
   if (cost_out) cost_out[idx] = (mass > 0.0) ? mass * tsum_over_s : 0.0;

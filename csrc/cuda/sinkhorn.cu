@@ -19,8 +19,8 @@ using namespace otsolve_cuda;
 // C (B, n, m); pot (B, n) updated; other (B, m); logw (B, n); err_out (B,) accumulated.
 template <typename T>
 __global__ void row_pass_dense(const T* __restrict__ C, const T* __restrict__ other, const T* __restrict__ logw,
-                               T* __restrict__ pot, const int* __restrict__ active, i64 n, i64 m, T eps,
-                               int mode, int with_cost, double* __restrict__ err_out, T* __restrict__ mass_out,
+                               T* __restrict__ pot, const T* __restrict__ omega, const int* __restrict__ active,
+                               i64 n, i64 m, T eps, int mode, int with_cost, double* __restrict__ err_out, T* __restrict__ mass_out,
                                double* __restrict__ cost_out) {
   const int p = active[blockIdx.y];
   const int lane = threadIdx.x & 31;
@@ -45,7 +45,7 @@ __global__ void row_pass_dense(const T* __restrict__ C, const T* __restrict__ ot
     st.warp_reduce();
     if (lane == 0) {
       const double ts = (st.s > 0.0) ? st.t / st.s : 0.0;
-      err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * n + i, logw, eps, mass_out,
+      err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * n + i, logw, eps, omega[p], 0, mass_out,
                            with_cost ? cost_out : (double*)0);
     }
   }
@@ -97,7 +97,8 @@ __global__ void col_partial_dense(const T* __restrict__ C, const T* __restrict__
 template <typename T>
 __global__ void col_finalize(const T* __restrict__ part_mx, const double* __restrict__ part_s,
                              const double* __restrict__ part_t, int nchunk, const T* __restrict__ logw,
-                             T* __restrict__ pot, const int* __restrict__ active, int n_active, i64 m, T eps,
+                             T* __restrict__ pot, const T* __restrict__ omega, const int* __restrict__ active,
+                             int n_active, i64 m, T eps,
                              int mode, int with_cost, double* __restrict__ err_out, T* __restrict__ mass_out,
                              double* __restrict__ cost_out) {
   const i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -113,7 +114,7 @@ __global__ void col_finalize(const T* __restrict__ part_mx, const double* __rest
       st.merge(part_mx[k], part_s[k], part_t[k]);
     }
     const double ts = (st.s > 0.0) ? st.t / st.s : 0.0;
-    err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * m + j, logw, eps, mass_out,
+    err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * m + j, logw, eps, omega[p], 1, mass_out,
                          with_cost ? cost_out : (double*)0);
   }
   if (mode == 0 && err_out) block_atomic_add(err, err_out + p);
@@ -130,7 +131,8 @@ __global__ void col_finalize(const T* __restrict__ part_mx, const double* __rest
 template <typename T>
 __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict__ YT, int d, int kind, T scale,
                                     const T* __restrict__ other, const T* __restrict__ logw, T* __restrict__ pot,
-                                    const int* __restrict__ active, i64 n, i64 m, T eps, int mode, int with_cost,
+                                    const T* __restrict__ omega, const int* __restrict__ active, i64 n, i64 m,
+                                    T eps, int mode, int with_cost, int result_err,
                                     double* __restrict__ err_out, T* __restrict__ mass_out,
                                     double* __restrict__ cost_out) {
   const int p = active[blockIdx.y];
@@ -193,8 +195,8 @@ __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict
       st[r].warp_reduce();
       if (lane == 0 && i0 + r < n) {
         const double ts = (st[r].s > 0.0) ? st[r].t / st[r].s : 0.0;
-        err += finish_line<T>(mode, st[r].value(), ts, pot, (i64)p * n + i0 + r, logw, eps, mass_out,
-                              with_cost ? cost_out : (double*)0);
+        err += finish_line<T>(mode, st[r].value(), ts, pot, (i64)p * n + i0 + r, logw, eps, omega[p], result_err,
+                              mass_out, with_cost ? cost_out : (double*)0);
       }
     }
   }
@@ -204,14 +206,15 @@ __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict
 #ifdef OTSOLVE_NVCC_CHECK
 // Explicit instantiations so that `nvcc -DOTSOLVE_NVCC_CHECK` type-checks every template body.
 #define OTS_INST(T)                                                                                   \
-  template __global__ void row_pass_dense<T>(const T*, const T*, const T*, T*, const int*, i64, i64, T, int, \
-                                             int, double*, T*, double*);                              \
+  template __global__ void row_pass_dense<T>(const T*, const T*, const T*, T*, const T*, const int*, i64, i64, \
+                                             T, int, int, double*, T*, double*);                      \
   template __global__ void col_partial_dense<T>(const T*, const T*, const int*, i64, i64, T, int, int, T*,  \
                                                 double*, double*);                                    \
   template __global__ void col_finalize<T>(const T*, const double*, const double*, int, const T*, T*,     \
-                                           const int*, int, i64, T, int, int, double*, T*, double*);  \
+                                           const T*, const int*, int, i64, T, int, int, double*, T*, double*); \
   template __global__ void row_pass_pointcloud<T>(const T*, const T*, int, int, T, const T*, const T*, T*, \
-                                                  const int*, i64, i64, T, int, int, double*, T*, double*);
+                                                  const T*, const int*, i64, i64, T, int, int, int, double*, T*, \
+                                                  double*);
 OTS_INST(float)
 OTS_INST(double)
 #endif

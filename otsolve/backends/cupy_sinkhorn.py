@@ -26,7 +26,7 @@ from ..solvers._common import default_tol
 from ..solvers.result import OTResult
 from .cuda_kernels import get_kernel
 
-__all__ = ["CudaGeometry", "CudaSinkhornEngine", "LoopResult", "solve_sinkhorn_cupy", "sinkhorn_loop",
+__all__ = ["CudaGeometry", "CudaSinkhornEngine", "LoopResult", "Relaxation", "solve_sinkhorn_cupy", "sinkhorn_loop",
            "epsilon_stages", "check_interval"]
 
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid.y / grid.z: larger batches are launched in slices
@@ -125,6 +125,8 @@ class CudaSinkhornEngine:
             self.k_pc = get_kernel("sinkhorn.cu", "row_pass_pointcloud", t)
         self._parts: dict[tuple[int, int], tuple] = {}
         self._scratch_err = None
+        # per-problem over-relaxation factor (1 = plain Sinkhorn), read by the update passes
+        self.omega = cp.ones(geo.B, dtype=t)
 
     # -- helpers ------------------------------------------------------------------------
     def _slices(self, active):
@@ -155,16 +157,18 @@ class CudaSinkhornEngine:
         for act in self._slices(active):
             if geo.dense:
                 grid = (math.ceil(geo.n / 8), int(act.size), 1)  # one warp per row
-                self.k_row(grid, (256, 1, 1), (geo.C, g, logw, f, act, np.int64(geo.n), np.int64(geo.m),
-                                               self.T(eps), np.int32(mode), wc, err, mass, cost))
+                self.k_row(grid, (256, 1, 1), (geo.C, g, logw, f, self.omega, act, np.int64(geo.n),
+                                               np.int64(geo.m), self.T(eps), np.int32(mode), wc, err, mass, cost))
             else:
                 grid = (math.ceil(geo.n / 32), int(act.size), 1)  # 8 warps x 4 rows per block
                 self.k_pc(grid, (256, 1, 1), (geo.X, geo.YT, np.int32(geo.d), np.int32(geo.kind),
-                                              self.T(geo.scale), g, logw, f, act, np.int64(geo.n),
-                                              np.int64(geo.m), self.T(eps), np.int32(mode), wc, err, mass, cost))
+                                              self.T(geo.scale), g, logw, f, self.omega, act, np.int64(geo.n),
+                                              np.int64(geo.m), self.T(eps), np.int32(mode), wc, np.int32(0),
+                                              err, mass, cost))
 
     def col_pass(self, f, g, log_b, eps, active, mode=0, err_out=None, mass_out=None, cost_out=None):
-        """Columns: g from f (mode 0), or column marginals into ``mass_out`` (mode 1)."""
+        """Columns: g from f (mode 0; adds the L1 column error of the *resulting* iterate, zero
+        without over-relaxation), or column marginals into ``mass_out`` (mode 1)."""
         geo = self.geo
         cp = self.cp
         logw, err, mass, cost, wc = self._buffers(mode, log_b, err_out, mass_out, cost_out)
@@ -172,8 +176,9 @@ class CudaSinkhornEngine:
             for act in self._slices(active):
                 grid = (math.ceil(geo.m / 32), int(act.size), 1)
                 self.k_pc(grid, (256, 1, 1), (geo.Y, geo.XT, np.int32(geo.d), np.int32(geo.kind),
-                                              self.T(geo.scale), f, logw, g, act, np.int64(geo.m),
-                                              np.int64(geo.n), self.T(eps), np.int32(mode), wc, err, mass, cost))
+                                              self.T(geo.scale), f, logw, g, self.omega, act, np.int64(geo.m),
+                                              np.int64(geo.n), self.T(eps), np.int32(mode), wc, np.int32(1),
+                                              err, mass, cost))
             return
         for act in self._slices(active):
             na = int(act.size)
@@ -191,7 +196,7 @@ class CudaSinkhornEngine:
             self.k_colp((gx, nchunk, na), (32, 8, 1), (geo.C, f, act, np.int64(geo.n), np.int64(geo.m),
                                                        self.T(eps), np.int32(rpc), wc, pmx, ps, pt))
             self.k_colf((math.ceil(geo.m / 256), na, 1), (256, 1, 1),
-                        (pmx, ps, pt, np.int32(nchunk), logw, g, act, np.int32(na), np.int64(geo.m),
+                        (pmx, ps, pt, np.int32(nchunk), logw, g, self.omega, act, np.int32(na), np.int64(geo.m),
                          self.T(eps), np.int32(mode), wc, err, mass, cost))
 
     # -- statistics of the plan --------------------------------------------------------------
@@ -223,41 +228,94 @@ class LoopResult:
     errors: list = field(default_factory=list)  # per problem, measured L1 errors
 
 
+class Relaxation:
+    """Over-relaxation factor of one problem, as the CPU kernels choose it (Thibault et al. 2021;
+    adaptive rule of Lehmann et al. 2022): plain steps until the linear rate kappa is measurable,
+    then omega* = 2 / (1 + sqrt(1 - kappa)) (<= 1.9), back to plain steps if the error grows.
+    ``omega=None`` is adaptive, a number in (0, 2) is used as given."""
+
+    def __init__(self, omega: float | None) -> None:
+        self.adaptive = omega is None or not omega > 0
+        self.omega = 1.0 if self.adaptive else float(omega)
+        self.plain: list[float] = []
+        self.best = np.inf
+
+    def observe(self, err: float) -> None:
+        if not self.adaptive:
+            return
+        if not np.isfinite(err):
+            self.omega, self.plain = 1.0, []
+            return
+        if self.omega == 1.0:
+            self.plain.append(err)
+            lag = 5
+            if len(self.plain) > 10:
+                prev = self.plain[-1 - lag]
+                kappa = (err / prev) ** (1.0 / lag) if prev > 0 else 1.0
+                if 0.0 < kappa < 0.999:
+                    self.omega = min(1.9, 2.0 / (1.0 + np.sqrt(1.0 - kappa)))
+                    self.best = err
+        else:
+            self.best = min(self.best, err)
+            if err > 2.0 * self.best:
+                self.omega, self.plain, self.best = 1.0, [], np.inf
+
+
 def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, max_iter: int, tol: float,
-                  active_ids: np.ndarray, check_every: int | None = None) -> LoopResult:
+                  active_ids: np.ndarray, check_every: int | None = None, omega: float | None = 1.0) -> LoopResult:
     """Sinkhorn iterations on the problems ``active_ids`` until each one's error <= tol.
 
-    A problem stops costing work at the first check after its measured error falls to ``tol``
-    (its active id is removed from the launch list) or turns non-finite (diverged).
+    ``errors[p][k]`` is the L1 marginal error (rows + columns) of problem p's iterate after k
+    updates. A problem stops costing work at the first check (every ``check_every`` iterations)
+    after its error falls to ``tol`` (its id leaves the launch list) or turns non-finite
+    (diverged). ``omega``: over-relaxation (1 plain, None adaptive per problem).
     """
     cp = engine.cp
     geo = engine.geo
     B = geo.B
     res = LoopResult(np.zeros(B, dtype=np.int64), np.ones(B, dtype=np.int64), [[] for _ in range(B)])
     active = np.asarray(active_ids, dtype=np.int32)
+    relax = {int(p): Relaxation(omega) for p in active}
+    om_host = np.ones(B)
+    for p, r in relax.items():
+        om_host[p] = r.omega
+    engine.omega[...] = cp.asarray(om_host, dtype=engine.omega.dtype)
+    carry = cp.zeros(B, dtype=cp.float64)  # column error of the entering iterate (0 at the start)
     it = 0
     while active.size and it < max_iter:
         k = check_every or check_interval(geo, int(active.size))
         k = min(k, max_iter - it)
-        buf = cp.zeros((k, B), dtype=cp.float64)
+        buf = cp.zeros((k + 1, B), dtype=cp.float64)
+        buf[0] = carry
         act_d = cp.asarray(active)
         for q in range(k):
-            engine.row_pass(f, g, log_a, eps, act_d, 0, err_out=buf[q])
-            engine.col_pass(f, g, log_b, eps, act_d, 0)
+            engine.row_pass(f, g, log_a, eps, act_d, 0, err_out=buf[q])      # rows of iterate q
+            engine.col_pass(f, g, log_b, eps, act_d, 0, err_out=buf[q + 1])  # columns of q + 1
         it += k
-        errs = buf.get()[:, active]  # (k, n_active): errors of the iterates entering each step
+        host = buf.get()
+        carry = buf[k].copy()
+        errs = host[:k, active]  # (k, n_active): errors of the iterates entering each step
         keep = []
+        changed = False
         for c, p in enumerate(active):
             e = errs[:, c]
             res.errors[p].extend(e.tolist())
             res.n_iter[p] += k
+            r = relax[int(p)]
+            for v in e:
+                r.observe(float(v))
+            if r.omega != om_host[p]:
+                om_host[p], changed = r.omega, True
             if not np.all(np.isfinite(e)):
                 res.status[p] = 2
             elif np.any(e <= tol):
                 res.status[p] = 0
             else:
                 keep.append(p)
+        if changed:
+            engine.omega[...] = cp.asarray(om_host, dtype=engine.omega.dtype)
         active = np.asarray(keep, dtype=np.int32)
+    engine.omega.fill(1)
     return res
 
 
@@ -312,7 +370,7 @@ def finish_stats(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active):
 # ------------------------------------------------------------------------------------------
 def solve_sinkhorn_cupy(solver, problem, init: Any = None) -> OTResult:
     """Run :class:`~otsolve.Sinkhorn` (its tol, max_iter, epsilon_scaling, epsilon_init,
-    stage_tol, warn options) on a problem whose arrays are CuPy arrays; f, g and the plan are
+    stage_tol, omega, warn options; n_threads/compiled are CPU-only) on a problem whose arrays are CuPy arrays; f, g and the plan are
     CuPy arrays of the problem's dtype on the problem's device."""
     import cupy as cp  # noqa: PLC0415
 
@@ -332,6 +390,7 @@ def solve_sinkhorn_cupy(solver, problem, init: Any = None) -> OTResult:
         schedule = epsilon_stages(solver, eps, geo.cost_range)
         ids = np.zeros(1, dtype=np.int32)
         act = cp.asarray(ids)
+        omega = getattr(solver, "omega", 1.0)  # None = adaptive over-relaxation, as on the CPU
 
         t0 = time.perf_counter()
         errors: list[float] = []
@@ -340,7 +399,7 @@ def solve_sinkhorn_cupy(solver, problem, init: Any = None) -> OTResult:
         for k, e in enumerate(schedule):
             last = k == len(schedule) - 1
             stol = tol if last else max(solver.stage_tol, tol)
-            lr = sinkhorn_loop(engine, log_a, log_b, f, g, e, budget, stol, ids)
+            lr = sinkhorn_loop(engine, log_a, log_b, f, g, e, budget, stol, ids, omega=omega)
             n_iter += int(lr.n_iter[0])
             budget -= int(lr.n_iter[0])
             errors.extend(lr.errors[0])
