@@ -83,7 +83,8 @@ def load_source(name: str) -> str:
 
         return _INCLUDE.sub(repl, text)
 
-    return expand(name)
+    # a pasted header's `#pragma once` would warn in the main file
+    return re.sub(r"^\s*#\s*pragma\s+once\s*$", "", expand(name), flags=re.M)
 
 
 def _name_expressions(source: str) -> list[str]:
