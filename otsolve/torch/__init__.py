@@ -1,0 +1,27 @@
+"""PyTorch OT layer: differentiable Sinkhorn, Sinkhorn divergence and :class:`SinkhornLoss`.
+
+Optional extra (``pip install "otsolve[torch]"``); the rest of otsolve never imports torch.
+CPU tensors go zero-copy into the compiled kernels; CUDA tensors (and batches with per-problem
+convergence) use log-domain torch code. Gradient modes: see :data:`GRAD_MODES`.
+"""
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError('otsolve.torch needs PyTorch: pip install "otsolve[torch]"') from exc
+
+from ._costs import COSTS, pairwise_cost
+from ._grad import ImplicitState
+from .layer import GRAD_MODES, SinkhornLoss, SinkhornOutput, sinkhorn, sinkhorn_divergence
+
+__all__ = [
+    "COSTS",
+    "GRAD_MODES",
+    "ImplicitState",
+    "SinkhornLoss",
+    "SinkhornOutput",
+    "pairwise_cost",
+    "sinkhorn",
+    "sinkhorn_divergence",
+]
