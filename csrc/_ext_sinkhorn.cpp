@@ -9,6 +9,7 @@
 #include <string>
 
 #include "sinkhorn_kernels.hpp"
+#include "sinkhorn_scaling.hpp"
 
 namespace nb = nanobind;
 using namespace otsolve;
@@ -27,7 +28,7 @@ static void check_len(const char* name, size_t got, long want) {
 template <typename Cost>
 static std::tuple<long, int, std::vector<double>> run_sweeps(const Cost& cost, CVec log_a, CVec log_b,
                                                               Vec f, Vec g, double eps, long max_iter,
-                                                              double tol, int n_threads) {
+                                                              double tol, int n_threads, double omega) {
   check_len("log_a", log_a.shape(0), cost.n);
   check_len("f", f.shape(0), cost.n);
   check_len("log_b", log_b.shape(0), cost.m);
@@ -36,7 +37,7 @@ static std::tuple<long, int, std::vector<double>> run_sweeps(const Cost& cost, C
   {
     nb::gil_scoped_release release;
     st = sinkhorn_sweeps(cost, log_a.data(), log_b.data(), f.data(), g.data(), eps, max_iter, tol,
-                         n_threads);
+                         n_threads, omega);
   }
   return {st.n_iter, st.status, st.errors};
 }
@@ -73,23 +74,45 @@ static PointCloudCost<T> cloud(Mat<T> X, Mat<T> YT, int kind, double scale) {
 template <typename T>
 static void bind_dtype(nb::module_& m) {
   m.def(
-      "sinkhorn_dense",
+      "sinkhorn_scaling_dense",
       [](Mat<T> C, CVec log_a, CVec log_b, Vec f, Vec g, double eps, long max_iter, double tol,
-         int n_threads) {
-        return run_sweeps(dense<T>(C), log_a, log_b, f, g, eps, max_iter, tol, n_threads);
+         int n_threads, nb::ndarray<T, nb::ndim<2>, nb::c_contig, nb::device::cpu> K, double tau,
+         double omega) {
+        const long n = static_cast<long>(C.shape(0)), mm = static_cast<long>(C.shape(1));
+        check_len("log_a", log_a.shape(0), n);
+        check_len("f", f.shape(0), n);
+        check_len("log_b", log_b.shape(0), mm);
+        check_len("g", g.shape(0), mm);
+        if (static_cast<long>(K.shape(0)) != n || static_cast<long>(K.shape(1)) != mm)
+          throw std::invalid_argument("workspace K must have the shape of C");
+        SweepStats st;
+        {
+          nb::gil_scoped_release release;
+          st = sinkhorn_scaling_dense(C.data(), n, mm, log_a.data(), log_b.data(), f.data(), g.data(),
+                                      eps, max_iter, tol, n_threads, K.data(), tau, omega);
+        }
+        return std::make_tuple(st.n_iter, st.status, st.errors);
       },
       nb::arg("C"), nb::arg("log_a"), nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"),
-      nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads") = 0);
+      nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads"), nb::arg("K"), nb::arg("tau") = 50.0, nb::arg("omega") = 1.0);
+  m.def(
+      "sinkhorn_dense",
+      [](Mat<T> C, CVec log_a, CVec log_b, Vec f, Vec g, double eps, long max_iter, double tol,
+         int n_threads, double omega) {
+        return run_sweeps(dense<T>(C), log_a, log_b, f, g, eps, max_iter, tol, n_threads, omega);
+      },
+      nb::arg("C"), nb::arg("log_a"), nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"),
+      nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads") = 0, nb::arg("omega") = 1.0);
   m.def(
       "sinkhorn_pointcloud",
       [](Mat<T> X, Mat<T> YT, int kind, double scale, CVec log_a, CVec log_b, Vec f, Vec g,
-         double eps, long max_iter, double tol, int n_threads) {
+         double eps, long max_iter, double tol, int n_threads, double omega) {
         return run_sweeps(cloud<T>(X, YT, kind, scale), log_a, log_b, f, g, eps, max_iter, tol,
-                          n_threads);
+                          n_threads, omega);
       },
       nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("log_a"),
       nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"), nb::arg("max_iter"),
-      nb::arg("tol"), nb::arg("n_threads") = 0);
+      nb::arg("tol"), nb::arg("n_threads") = 0, nb::arg("omega") = 1.0);
   m.def(
       "plan_stats_dense",
       [](Mat<T> C, CVec f, CVec g, double eps, Vec row, Vec col, int n_threads) {

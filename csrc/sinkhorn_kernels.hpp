@@ -109,28 +109,79 @@ double column_lse(const Cost& cost, const double* f, long j, double inv_eps) {
 
 struct SweepStats {
   long n_iter = 0;     // completed updates of (f, g)
-  int status = 1;      // 0 converged, 1 max_iter, 2 diverged (non-finite potentials)
+  int status = 1;      // 0 converged, 1 max_iter, 2 diverged, 3 underflow (scaling kernel only)
   std::vector<double> errors;
+  std::vector<double> omegas;  // relaxation used by each update
 };
 
-// Run up to max_iter Sinkhorn iterations in place on (f, g). errors[k] is the L1 marginal error
-// of the iterate after k updates (measured at the start of sweep k). Stops as soon as that error
-// is <= tol and then leaves (f, g) at the measured iterate.
+// Over-relaxation f <- f + omega (f_sinkhorn - f) (Thibault et al. 2021, "Overrelaxed
+// Sinkhorn-Knopp algorithm"; adaptive choice as in Lehmann et al. 2022): with the plain
+// iteration's linear rate kappa, omega* = 2 / (1 + sqrt(1 - kappa)) turns the rate into
+// omega* - 1. omega > 0 is used as given; omega <= 0 means adaptive: plain steps until the rate
+// is measurable, then omega*, falling back to plain steps when the error grows tenfold (transient growth is normal).
+struct Relaxation {
+  double omega = 1.0;
+  bool adaptive = false;
+  double omega_max = 1.9;
+  std::vector<double> plain;  // errors seen with omega == 1 since the last reset
+  double best = std::numeric_limits<double>::infinity();
+
+  explicit Relaxation(double w) {
+    adaptive = !(w > 0.0);
+    omega = adaptive ? 1.0 : w;
+  }
+  void observe(double err) {
+    if (!adaptive) return;
+    if (!std::isfinite(err)) {
+      omega = 1.0;
+      plain.clear();
+      return;
+    }
+    if (omega == 1.0) {
+      plain.push_back(err);
+      const size_t lag = 5;
+      if (plain.size() > 10) {
+        const double prev = plain[plain.size() - 1 - lag];
+        const double kappa = prev > 0.0 ? std::pow(err / prev, 1.0 / lag) : 1.0;
+        if (kappa > 0.0 && kappa < 0.999) {
+          omega = std::min(omega_max, 2.0 / (1.0 + std::sqrt(1.0 - kappa)));
+          best = err;
+        }
+      }
+    } else {
+      best = std::min(best, err);
+      if (err > 10.0 * best) {  // over-relaxation is hurting: back to plain steps, re-measure
+        omega = 1.0;
+        plain.clear();
+        best = std::numeric_limits<double>::infinity();
+      }
+    }
+  }
+};
+
+// Run up to max_iter (over-relaxed) Sinkhorn iterations in place on (f, g). errors[k] is the L1
+// marginal error (rows + columns) of the iterate after k updates, measured during the sweep that
+// performs update k+1. Stops as soon as that error is <= tol and then leaves (f, g) at the
+// measured iterate; after max_iter updates the final iterate's error is not measured here.
 template <typename Cost>
 SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* log_b, double* f,
-                           double* g, double eps, long max_iter, double tol, int n_threads) {
+                           double* g, double eps, long max_iter, double tol, int n_threads,
+                           double omega_in = 1.0) {
   const long n = cost.n, m = cost.m;
   const double inv_eps = 1.0 / eps;
   const int nt = resolve_threads(n_threads);
-  std::vector<double> f_new(n), colsum(m), a(n);
+  std::vector<double> f_new(n), colsum(m), col_in(m), a(n), b(m);
   for (long i = 0; i < n; ++i) a[i] = std::exp(log_a[i]);
+  for (long j = 0; j < m; ++j) b[j] = std::exp(log_b[j]);
   std::vector<std::vector<double>> acc(nt, std::vector<double>(m));
+  std::vector<std::vector<double>> acc_in(nt);
+  Relaxation relax(omega_in);
   SweepStats st;
-  // Each call measures one more error than it updates; max_iter + 1 sweeps at most, the last
-  // only to measure.
-  for (long it = 0; it <= max_iter; ++it) {
+  double col_err = 0.0;  // column error of the current iterate (known after the first sweep)
+  for (long it = 0; it < max_iter; ++it) {
+    const bool first = (it == 0);
+    const double w = relax.omega;
     double err_rows = 0.0;
-    bool last = (it == max_iter);
 #pragma omp parallel num_threads(nt) reduction(+ : err_rows)
     {
 #ifdef _OPENMP
@@ -140,6 +191,11 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
 #endif
       double* ca = acc[tid].data();
       std::fill(ca, ca + m, 0.0);
+      double* cin = nullptr;
+      if (first) {
+        acc_in[tid].assign(m, 0.0);
+        cin = acc_in[tid].data();
+      }
       std::vector<double> buf(m);
       double* v = buf.data();
 #pragma omp for schedule(static)
@@ -152,65 +208,86 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
           mx = std::max(mx, v[j]);
         }
         double s = 0.0;
-        if (!last) {
 #pragma omp simd reduction(+ : s)
-          for (long j = 0; j < m; ++j) {
-            v[j] = fast_exp(v[j] - mx);
-            s += v[j];
-          }
-        } else {
-#pragma omp simd reduction(+ : s)
-          for (long j = 0; j < m; ++j) s += fast_exp(v[j] - mx);
+        for (long j = 0; j < m; ++j) {
+          v[j] = fast_exp(v[j] - mx);
+          s += v[j];
         }
         const double lse = mx + std::log(s);
+        const double fi = f[i] * inv_eps - 1.0;
         // Row mass of the entering plan: exp(f_i/eps - 1 + lse).
-        const double row_mass = std::exp(std::min(f[i] * inv_eps - 1.0 + lse, 709.0));
-        err_rows += std::fabs(row_mass - a[i]);
-        f_new[i] = eps * (log_a[i] + 1.0 - lse);
-        if (!last) {
-          const double w = a[i] / s;
+        err_rows += std::fabs(std::exp(std::min(fi + lse, 709.0)) - a[i]);
+        if (first) {  // entering column masses, for the first error only
+          const double wi = std::exp(std::min(fi + mx, 709.0));
 #pragma omp simd
-          for (long j = 0; j < m; ++j) ca[j] += w * v[j];
+          for (long j = 0; j < m; ++j) cin[j] += wi * v[j];
+        }
+        const double f_sink = eps * (log_a[i] + 1.0 - lse);
+        double fn = f_sink, wrow = a[i] / s;
+        if (w != 1.0 && a[i] > 0.0 && std::isfinite(f[i])) {
+          fn = f[i] + w * (f_sink - f[i]);
+          wrow *= std::exp(std::min((fn - f_sink) * inv_eps, 700.0));
+        }
+        f_new[i] = fn;
+        if (wrow != 0.0) {
+#pragma omp simd
+          for (long j = 0; j < m; ++j) ca[j] += wrow * v[j];
         }
       }
       // implicit barrier; reduce the per-thread column accumulators
-      if (!last) {
 #pragma omp for schedule(static)
-        for (long j = 0; j < m; ++j) {
-          double t = 0.0;
-          for (int k = 0; k < nt; ++k) t += acc[k][j];
-          colsum[j] = t;
+      for (long j = 0; j < m; ++j) {
+        double t = 0.0, tin = 0.0;
+        for (int k = 0; k < nt; ++k) t += acc[k][j];
+        colsum[j] = t;
+        if (first) {
+          for (int k = 0; k < nt; ++k) tin += acc_in[k][j];
+          col_in[j] = tin;
         }
       }
     }
-    st.errors.push_back(err_rows);
-    if (!std::isfinite(err_rows) && it > 0) {
-      // Potentials are finite by construction unless the input was not; report divergence.
+    if (first) {
+      col_err = 0.0;
+      for (long j = 0; j < m; ++j) col_err += std::fabs(col_in[j] - b[j]);
+    }
+    const double err = err_rows + col_err;
+    st.errors.push_back(err);
+    if (!std::isfinite(err) && it > 0) {
       bool bad = false;
-      for (long i = 0; i < n && !bad; ++i) bad = !std::isfinite(f[i]);
-      for (long j = 0; j < m && !bad; ++j) bad = !std::isfinite(g[j]);
+      for (long i = 0; i < n && !bad; ++i) bad = std::isnan(f[i]) || f[i] == INFINITY;
+      for (long j = 0; j < m && !bad; ++j) bad = std::isnan(g[j]) || g[j] == INFINITY;
       if (bad) {
         st.status = 2;
         return st;
       }
     }
-    if (err_rows <= tol) {
+    if (err <= tol) {
       st.status = 0;
       return st;
     }
-    if (last) break;
     std::copy(f_new.begin(), f_new.end(), f);
-    // Column update; underflowed columns get an exact LSE.
+    // Column update; underflowed columns get an exact LSE (and a plain step).
     const double tiny = 1e-280;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 256)
+    double cerr = 0.0;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 256) reduction(+ : cerr)
     for (long j = 0; j < m; ++j) {
       if (colsum[j] > tiny && std::isfinite(colsum[j])) {
-        g[j] += eps * (log_b[j] - std::log(colsum[j]));
+        const double step = log_b[j] - std::log(colsum[j]);
+        if (w == 1.0 || !std::isfinite(g[j]) || b[j] == 0.0) {
+          g[j] += eps * step;
+        } else {
+          g[j] += w * eps * step;
+          // column mass after the relaxed step: colsum^(1-w) b^w
+          cerr += std::fabs(colsum[j] * std::exp(w * step) - b[j]);
+        }
       } else {
         g[j] = eps * (log_b[j] + 1.0 - column_lse(cost, f, j, inv_eps));
       }
     }
+    col_err = cerr;
+    st.omegas.push_back(w);
     st.n_iter = it + 1;
+    relax.observe(err);
   }
   st.status = 1;
   return st;

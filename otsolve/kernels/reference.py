@@ -11,6 +11,8 @@ from scipy.special import logsumexp
 __all__ = [
     "sinkhorn_dense",
     "sinkhorn_pointcloud",
+    "sinkhorn_scaling_dense",
+    "Relaxation",
     "plan_stats_dense",
     "plan_stats_pointcloud",
     "pointcloud_cost",
@@ -29,35 +31,87 @@ def pointcloud_cost(X, YT, kind: int, scale: float):
     return d2 * scale
 
 
-def sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0):
-    """Log-domain Sinkhorn updating ``f``, ``g`` in place.
+class Relaxation:
+    """Over-relaxation controller, the same rule as ``Relaxation`` in csrc/sinkhorn_kernels.hpp.
 
-    Returns ``(n_iter, status, errors)``: ``errors[k]`` is the L1 marginal error of the iterate
-    after k updates (its columns are exact after a g-update, so it is the row error); status
-    0 = converged (error <= tol), 1 = max_iter, 2 = diverged.
+    ``omega > 0`` is used as given; ``omega <= 0`` is adaptive: plain steps until the linear rate
+    kappa is measurable, then ``2 / (1 + sqrt(1 - kappa))`` (capped at 1.9), back to plain steps
+    whenever the error grows tenfold from its best.
+    """
+
+    def __init__(self, omega: float) -> None:
+        self.adaptive = not omega > 0
+        self.omega = 1.0 if self.adaptive else float(omega)
+        self.plain: list[float] = []
+        self.best = np.inf
+
+    def observe(self, err: float) -> None:
+        if not self.adaptive:
+            return
+        if not np.isfinite(err):
+            self.omega, self.plain = 1.0, []
+            return
+        if self.omega == 1.0:
+            self.plain.append(err)
+            lag = 5
+            if len(self.plain) > 10:
+                prev = self.plain[-1 - lag]
+                kappa = (err / prev) ** (1.0 / lag) if prev > 0 else 1.0
+                if 0.0 < kappa < 0.999:
+                    self.omega = min(1.9, 2.0 / (1.0 + np.sqrt(1.0 - kappa)))
+                    self.best = err
+        else:
+            self.best = min(self.best, err)
+            if err > 10.0 * self.best:
+                self.omega, self.plain, self.best = 1.0, [], np.inf
+
+
+def _marginal_errors(C, f, g, eps, a, b):
+    L = (f[:, None] + g[None, :] - C) / eps - 1.0
+    with np.errstate(over="ignore"):
+        row = np.exp(np.minimum(logsumexp(L, axis=1), 709.0))
+        col = np.exp(np.minimum(logsumexp(L, axis=0), 709.0))
+    return float(np.abs(row - a).sum()), float(np.abs(col - b).sum())
+
+
+def sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega=1.0):
+    """(Over-relaxed) log-domain Sinkhorn updating ``f``, ``g`` in place.
+
+    One update: ``f <- f + w (f_sink - f)`` then ``g <- g + w (g_sink - g)`` with the exact
+    block maximisers ``f_sink``, ``g_sink``. Returns ``(n_iter, status, errors)``: ``errors[k]``
+    is the L1 error of both marginals of the iterate after k updates; status 0 = converged (error
+    <= tol, iterate left unchanged), 1 = max_iter updates done, 2 = diverged.
     """
     C = np.asarray(C, dtype=np.float64)
-    a = np.exp(log_a)
+    a, b = np.exp(log_a), np.exp(log_b)
     errors: list[float] = []
-    for it in range(max_iter + 1):
-        lse = logsumexp((g[None, :] - C) / eps, axis=1)
-        with np.errstate(over="ignore"):
-            row_mass = np.exp(np.minimum(f / eps - 1.0 + lse, 709.0))
-        err = float(np.abs(row_mass - a).sum())
-        errors.append(err)
-        if not np.isfinite(err) and it > 0 and not (np.isfinite(f).all() and np.isfinite(g).all()):
-            return it, 2, errors
-        if err <= tol:
-            return it, 0, errors
-        if it == max_iter:
-            break
-        f[:] = eps * (log_a + 1.0 - lse)
-        g[:] = eps * (log_b + 1.0 - logsumexp((f[:, None] - C) / eps, axis=0))
+    relax = Relaxation(omega)
+    with np.errstate(invalid="ignore"):
+        for it in range(max_iter):
+            err = sum(_marginal_errors(C, f, g, eps, a, b))
+            errors.append(err)
+            if not np.isfinite(err) and it > 0 and (np.isnan(f).any() or np.isnan(g).any()):
+                return it, 2, errors
+            if err <= tol:
+                return it, 0, errors
+            w = relax.omega
+            f_sink = eps * (log_a + 1.0 - logsumexp((g[None, :] - C) / eps, axis=1))
+            f[:] = np.where((a > 0) & np.isfinite(f), f + w * (f_sink - f), f_sink)
+            g_sink = eps * (log_b + 1.0 - logsumexp((f[:, None] - C) / eps, axis=0))
+            g[:] = np.where((b > 0) & np.isfinite(g), g + w * (g_sink - g), g_sink)
+            relax.observe(err)
     return max_iter, 1, errors
 
 
-def sinkhorn_pointcloud(X, YT, kind, scale, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0):
-    return sinkhorn_dense(pointcloud_cost(X, YT, kind, scale), log_a, log_b, f, g, eps, max_iter, tol)
+def sinkhorn_scaling_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads, K, tau=50.0, omega=1.0):
+    """Reference of the stabilized kernel-domain kernel: the same iterates as ``sinkhorn_dense``
+    (absorption only changes how they are stored). Status 3 (underflow) never happens here."""
+    return sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads, omega)
+
+
+def sinkhorn_pointcloud(X, YT, kind, scale, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega=1.0):
+    return sinkhorn_dense(pointcloud_cost(X, YT, kind, scale), log_a, log_b, f, g, eps, max_iter, tol,
+                          n_threads, omega)
 
 
 def plan_stats_dense(C, f, g, eps, row, col, n_threads=0):

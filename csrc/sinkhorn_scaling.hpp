@@ -1,0 +1,188 @@
+// Stabilized kernel-domain Sinkhorn with absorption (Schmitzer 2019, Alg. 2) for dense costs.
+//
+// The plan is P_ij = u_i K_ij v_j with K_ij = exp((f_i + g_j - C_ij)/eps - 1) built from the
+// current potentials. An iteration is then one pass over K with no exp at all (a row dot product
+// and a column accumulation, fused), which is what makes it as fast as kernel-domain Sinkhorn.
+// When a scaling drifts far from 1 (|log u| or |log v| > tau) it is absorbed into (f, g) and K
+// is rebuilt; a row or column of K whose mass underflowed makes the kernel hand back to the
+// log-domain sweeps (status 3). At exit the scalings are absorbed, so (f, g) are the potentials.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "fast_math.hpp"
+#include "sinkhorn_kernels.hpp"
+
+namespace otsolve {
+
+// K_ij = exp((f_i + g_j - C_ij)/eps - 1), stored in T.
+template <typename T>
+void build_gibbs_kernel(const T* C, long n, long m, const double* f, const double* g, double eps,
+                        T* K, int nt) {
+  const double inv_eps = 1.0 / eps;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long i = 0; i < n; ++i) {
+    const T* c = C + i * m;
+    T* k = K + i * m;
+    const double fi = f[i] * inv_eps - 1.0;
+#pragma omp simd
+    for (long j = 0; j < m; ++j)
+      k[j] = static_cast<T>(fast_exp(fi + (g[j] - static_cast<double>(c[j])) * inv_eps));
+  }
+}
+
+// Runs up to max_iter iterations on (f, g) in place, K is an n*m workspace.
+// status: 0 converged, 1 max_iter, 2 diverged, 3 underflow (caller falls back to log sweeps).
+// errors[k] = L1 marginal error (rows + columns) of the iterate after k updates, as in
+// sinkhorn_sweeps; omega as there (<= 0: adaptive over-relaxation).
+template <typename T>
+SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_a, const double* log_b,
+                                  double* f, double* g, double eps, long max_iter, double tol,
+                                  int n_threads, T* K, double tau, double omega_in = 1.0) {
+  const int nt = resolve_threads(n_threads);
+  std::vector<double> a(n), b(m), u(n, 1.0), v(m, 1.0), u_new(n), colsum(m), col_in(m);
+  for (long i = 0; i < n; ++i) a[i] = std::exp(log_a[i]);
+  for (long j = 0; j < m; ++j) b[j] = std::exp(log_b[j]);
+  std::vector<std::vector<double>> acc(nt, std::vector<double>(m));
+  std::vector<std::vector<double>> acc_in(nt);
+  const double tiny = 1e-280;
+  Relaxation relax(omega_in);
+  SweepStats st;
+
+  auto absorb = [&]() {
+    for (long i = 0; i < n; ++i) {
+      if (u[i] != 1.0) f[i] += eps * std::log(u[i]);
+      u[i] = 1.0;
+    }
+    for (long j = 0; j < m; ++j) {
+      if (v[j] != 1.0) g[j] += eps * std::log(v[j]);
+      v[j] = 1.0;
+    }
+  };
+
+  build_gibbs_kernel(C, n, m, f, g, eps, K, nt);
+  double col_err = 0.0;
+  for (long it = 0; it < max_iter; ++it) {
+    const bool first = (it == 0);
+    const double w = relax.omega;
+    double err = 0.0;
+    int bad_rows = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : err, bad_rows)
+    {
+#ifdef _OPENMP
+      const int tid = omp_get_thread_num();
+#else
+      const int tid = 0;
+#endif
+      double* ca = acc[tid].data();
+      std::fill(ca, ca + m, 0.0);
+      double* cin = nullptr;
+      if (first) {
+        acc_in[tid].assign(m, 0.0);
+        cin = acc_in[tid].data();
+      }
+      const double* vv = v.data();
+#pragma omp for schedule(static)
+      for (long i = 0; i < n; ++i) {
+        const T* k = K + i * m;
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (long j = 0; j < m; ++j) s += static_cast<double>(k[j]) * vv[j];
+        err += std::fabs(u[i] * s - a[i]);
+        if (first) {
+          const double ui = u[i];
+#pragma omp simd
+          for (long j = 0; j < m; ++j) cin[j] += ui * static_cast<double>(k[j]);
+        }
+        if (!(s > tiny) || !std::isfinite(s)) {
+          bad_rows += (a[i] > 0.0);
+          u_new[i] = (a[i] > 0.0) ? u[i] : 0.0;
+          continue;
+        }
+        double ui = a[i] / s;
+        if (w != 1.0 && ui > 0.0) ui = std::exp((1.0 - w) * std::log(u[i]) + w * std::log(ui));
+        u_new[i] = ui;
+        if (ui != 0.0) {
+#pragma omp simd
+          for (long j = 0; j < m; ++j) ca[j] += ui * static_cast<double>(k[j]);
+        }
+      }
+#pragma omp for schedule(static)
+      for (long j = 0; j < m; ++j) {
+        double t = 0.0, tin = 0.0;
+        for (int q = 0; q < nt; ++q) t += acc[q][j];
+        colsum[j] = t;
+        if (first) {
+          for (int q = 0; q < nt; ++q) tin += acc_in[q][j];
+          col_in[j] = tin;
+        }
+      }
+    }
+    if (first) {
+      col_err = 0.0;
+      for (long j = 0; j < m; ++j) col_err += std::fabs(v[j] * col_in[j] - b[j]);
+    }
+    err += col_err;
+    st.errors.push_back(err);
+    if (err <= tol && bad_rows == 0) {
+      st.status = 0;
+      absorb();
+      return st;
+    }
+    if (bad_rows > 0) {  // a row's kernel mass underflowed: potentials too far off for K
+      st.status = 3;
+      absorb();
+      return st;
+    }
+    // v update; columns with underflowed mass also hand back to the log-domain sweeps
+    bool bad_col = false, far = false;
+    for (long i = 0; i < n; ++i) {
+      u[i] = u_new[i];
+      far |= u[i] > 0.0 && std::fabs(std::log(u[i])) > tau;
+    }
+    double cerr = 0.0;
+    for (long j = 0; j < m; ++j) {
+      if (!(colsum[j] > tiny) || !std::isfinite(colsum[j])) {
+        if (b[j] > 0.0) bad_col = true;
+        v[j] = (b[j] > 0.0) ? v[j] : 0.0;
+        continue;
+      }
+      double vj = b[j] / colsum[j];
+      if (w != 1.0 && vj > 0.0) {
+        vj = std::exp((1.0 - w) * std::log(v[j]) + w * std::log(vj));
+        cerr += std::fabs(vj * colsum[j] - b[j]);
+      }
+      v[j] = vj;
+      far |= vj > 0.0 && std::fabs(std::log(vj)) > tau;
+    }
+    col_err = cerr;
+    st.omegas.push_back(w);
+    st.n_iter = it + 1;
+    relax.observe(err);
+    if (bad_col) {
+      st.status = 3;
+      absorb();
+      return st;
+    }
+    if (far) {  // absorb the scalings into the potentials and rebuild K
+      absorb();
+      bool finite = true;
+      for (long i = 0; i < n && finite; ++i) finite = !std::isnan(f[i]) && f[i] != INFINITY;
+      for (long j = 0; j < m && finite; ++j) finite = !std::isnan(g[j]) && g[j] != INFINITY;
+      if (!finite) {
+        st.status = 2;
+        return st;
+      }
+      build_gibbs_kernel(C, n, m, f, g, eps, K, nt);
+    }
+  }
+  st.status = 1;
+  absorb();
+  return st;
+}
+
+}  // namespace otsolve
