@@ -29,6 +29,8 @@ _LAZY: dict[str, str] = {
     "SparsityConstrainedOT": "otsolve.solvers.sparsity_constrained",
     "route": "otsolve.routing",
     "LightSB": "otsolve.lightsb",
+    "BatchedLinearProblem": "otsolve.backends.batched",
+    "BatchedSinkhorn": "otsolve.backends.batched",
 }
 _LAZY_MODULES = {"krylov", "pde", "benchmarks", "metrics", "kernels", "backends", "lightsb", "routing"}
 
