@@ -1,0 +1,156 @@
+"""Operator wrapping, input checks and shared bookkeeping for the Krylov solvers."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
+
+from .._validation import check_positive_int
+
+__all__ = ["SolveStats", "prepare", "as_operator", "check_tolerances", "KrylovWarning"]
+
+
+class KrylovWarning(RuntimeWarning):
+    """Non-convergence or breakdown of a Krylov solver (``info > 0``)."""
+
+
+@dataclass
+class SolveStats:
+    """Counters of one solve.
+
+    ``iterations`` counts Arnoldi (GCRO-DR) or CG steps only; ``matvecs`` also counts the
+    products spent on the recycled space (``A U`` for a new matrix) and residual checks, so
+    the two are reported separately (PETSc's iteration count hides the latter).
+    """
+
+    iterations: int = 0
+    matvecs: int = 0
+    precond: int = 0
+    cycles: int = 0
+    residual: float = float("nan")  # true ||b - A x|| / ||b|| at exit
+    converged: bool = False
+    info: int = 0
+    time: float = 0.0
+    recycle_dim: int = 0
+    message: str = ""
+    history: list = field(default_factory=list)
+
+
+class _Counted:
+    """A matvec / preconditioner application with a counter (blocks count one per column)."""
+
+    __slots__ = ("fn", "block", "count")
+
+    def __init__(self, fn: Callable, block: Callable):
+        self.fn, self.block, self.count = fn, block, 0
+
+    def __call__(self, v):
+        self.count += 1
+        return self.fn(v)
+
+    def mat(self, V):  # V: (n, p), columns are vectors
+        self.count += V.shape[1]
+        return self.block(V)
+
+
+def _check_matrix(A: Any, name: str):
+    """Return (callable matvec, block matmat, shape, dtype) after validating ``A``."""
+    if isinstance(A, LinearOperator):
+        shape, dtype = A.shape, A.dtype
+        mv, mm = A.matvec, A.matmat
+    elif sp.issparse(A):
+        A = A.tocsr() if A.format not in ("csr", "csc", "bsr") else A
+        if A.dtype.kind not in "fc":
+            A = A.astype(np.float64)
+        if not np.all(np.isfinite(A.data)):
+            raise ValueError(f"{name} contains non-finite entries (NaN or inf)")
+        shape, dtype = A.shape, A.dtype
+        mv = mm = A.dot  # scipy's compiled sparse matvec / matmat
+    elif hasattr(A, "shape") or isinstance(A, (list, tuple)):
+        A = np.asarray(A)
+        if A.dtype.kind in "biu":
+            A = A.astype(np.float64)
+        if A.dtype.kind not in "fc":
+            raise ValueError(f"{name} must be real or complex floating, got dtype {A.dtype}")
+        if A.ndim != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {A.shape}")
+        if not np.all(np.isfinite(A)):
+            raise ValueError(f"{name} contains non-finite entries (NaN or inf)")
+        shape, dtype = A.shape, A.dtype
+        mv = mm = A.dot
+    elif callable(A):
+        raise ValueError(f"{name}: wrap a callable in scipy.sparse.linalg.LinearOperator")
+    else:
+        raise ValueError(f"{name} must be an array, a sparse matrix or a LinearOperator, got {type(A).__name__}")
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{name} must be square, got shape {tuple(shape)}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    return mv, mm, tuple(shape), np.dtype(dtype)
+
+
+def as_operator(A: Any, name: str = "A") -> _Counted:
+    mv, mm, _, _ = _check_matrix(A, name)
+    return _Counted(mv, mm)
+
+
+def check_tolerances(rtol: Any, atol: Any) -> tuple[float, float]:
+    try:
+        rtol_f, atol_f = float(rtol), float(atol)
+    except (TypeError, ValueError):
+        raise ValueError(f"rtol and atol must be numbers, got rtol={rtol!r}, atol={atol!r}") from None
+    if not np.isfinite(rtol_f) or rtol_f <= 0:
+        raise ValueError(f"rtol must be a positive finite number, got {rtol!r}")
+    if not np.isfinite(atol_f) or atol_f < 0:
+        raise ValueError(f"atol must be a finite number >= 0, got {atol!r}")
+    return rtol_f, atol_f
+
+
+def prepare(A, b, x0, M, rtol, atol, maxiter):
+    """Validate a solver call; return (Aop, Mop | None, b, x, dtype, rtol, atol, maxiter)."""
+    mv, mm, shape, adtype = _check_matrix(A, "A")
+    n = shape[0]
+    b = np.asarray(b)
+    if b.ndim == 2 and b.shape[1] == 1:
+        b = b[:, 0]
+    if b.ndim != 1:
+        raise ValueError(f"b must be a vector of length {n}, got shape {b.shape}")
+    if b.shape[0] != n:
+        raise ValueError(f"A is {n}x{n} but b has length {b.shape[0]}")
+    if b.dtype.kind in "biu":
+        b = b.astype(np.float64)
+    if b.dtype.kind not in "fc":
+        raise ValueError(f"b must be real or complex floating, got dtype {b.dtype}")
+    if not np.all(np.isfinite(b)):
+        raise ValueError("b contains non-finite entries (NaN or inf)")
+    # float32 stays float32 only if both A and b are float32: never upcast/downcast silently
+    dtype = np.result_type(adtype, b.dtype)
+    b = b.astype(dtype, copy=False)
+    if x0 is None:
+        x = np.zeros(n, dtype=dtype)
+    else:
+        x = np.array(x0, dtype=dtype).reshape(-1)
+        if x.shape[0] != n:
+            raise ValueError(f"x0 has length {x.shape[0]} but A is {n}x{n}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("x0 contains non-finite entries (NaN or inf)")
+    Mop = None
+    if M is not None:
+        mmv, mmm, mshape, _ = _check_matrix(M, "M")
+        if mshape != shape:
+            raise ValueError(f"M has shape {mshape} but A has shape {shape}")
+        Mop = _Counted(mmv, mmm)
+    rtol, atol = check_tolerances(rtol, atol)
+    maxiter = 10 * n if maxiter is None else check_positive_int(maxiter, "maxiter")
+    return _Counted(mv, mm), Mop, b, x, dtype, rtol, atol, maxiter
+
+
+def warn_unconverged(method: str, info: int, rel: float, rtol: float, why: str = "") -> None:
+    msg = f"{method} did not converge: relative residual {rel:.3e} > rtol {rtol:.1e} after {info} iterations"
+    if why:
+        msg += f" ({why})"
+    warnings.warn(msg, KrylovWarning, stacklevel=3)
