@@ -1,0 +1,270 @@
+// Sinkhorn-Newton-Sparse kernels (CPU): the Newton system from the potentials in one pass, the
+// sparse symmetric matvec and a Jacobi-preconditioned CG built on it.
+//
+// Convention (docs/sns.md): plan P_ij = exp((x_i + y_j - C_ij)/eps - 1), evaluated at the trial
+// point (x + alpha dx, y + alpha dy) so that one pass serves as the line-search evaluation and,
+// when the step is accepted, as the next Newton system.
+// Sparsified Hessian block: the k largest entries of each row of P (fixed row length, CSR with
+// row pointer k*i) and its transpose as a CSR matrix, so M~ v = [diag(row) vx + P~ vy;
+// diag(col) vy + P~^T vx] is two gathers (no atomics).
+// NumPy references with the same semantics: otsolve/kernels/sns_reference.py.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "fast_math.hpp"
+
+namespace otsolve {
+namespace sns {
+
+// A trial whose largest exponent exceeds this is rejected (exp(700) * n * m stays finite).
+constexpr double kOverflowExponent = 700.0;
+
+inline int threads(int n_threads) {
+#ifdef _OPENMP
+  return n_threads > 0 ? n_threads : omp_get_max_threads();
+#else
+  (void)n_threads;
+  return 1;
+#endif
+}
+
+struct FormResult {
+  double mass = 0.0;  // sum of P (inf when the trial overflows)
+  double lmax = -std::numeric_limits<double>::infinity();  // largest exponent
+  double kept = 0.0;  // mass of the kept entries
+};
+
+// Keep the k best (largest L, ties: smaller column) of L[0..m) in idx[0..k), sorted by column.
+// A cheap lower bound of the k-th largest value comes first: split the row into k nonempty
+// blocks; their maxima are k distinct entries, so the k-th largest is >= the smallest block
+// maximum. Only entries >= that bound are candidates (a few times k for typical rows), and the
+// k best candidates are picked by a partial sort. cand is scratch space of length m.
+inline void select_top_k(const double* L, long m, long k, int64_t* idx, int64_t* cand) {
+  // "p before q" = p is better: larger L, or equal L and smaller column.
+  auto better = [L](int64_t p, int64_t q) { return L[p] > L[q] || (L[p] == L[q] && p < q); };
+  double thr = std::numeric_limits<double>::infinity();
+  for (long b = 0; b < k; ++b) {
+    const long lo = b * m / k, hi = (b + 1) * m / k;
+    double mx = -std::numeric_limits<double>::infinity();
+#pragma omp simd reduction(max : mx)
+    for (long j = lo; j < hi; ++j) mx = std::max(mx, L[j]);
+    thr = std::min(thr, mx);
+  }
+  long cnt = 0;
+  for (long j = 0; j < m; ++j)
+    if (L[j] >= thr) cand[cnt++] = j;
+  if (cnt < k) {  // only with NaN in the row: take every column in order
+    cnt = m;
+    for (long j = 0; j < m; ++j) cand[j] = j;
+  }
+  std::partial_sort(cand, cand + k, cand + cnt, better);
+  std::copy(cand, cand + k, idx);
+  std::sort(idx, idx + k);
+}
+
+// One pass over C: marginals row/col, kept entries (kidx, kval: n x k), their transpose
+// (tptr: m + 1, tidx/tval: n k), total and kept mass. k = 0 only evaluates the marginals.
+template <typename T>
+FormResult form_system(const T* C, long n, long m, const double* x, const double* y,
+                       const double* dx, const double* dy, double alpha, double eps, double* row,
+                       double* col, long k, int64_t* kidx, double* kval, int64_t* tptr,
+                       int64_t* tidx, double* tval, int n_threads) {
+  const int nt = threads(n_threads);
+  const double inv_eps = 1.0 / eps;
+  std::vector<double> yt(m);
+  for (long j = 0; j < m; ++j) yt[j] = y[j] + alpha * dy[j];
+  std::vector<std::vector<double>> acc(nt, std::vector<double>(m, 0.0));
+  double lmax = -std::numeric_limits<double>::infinity();
+  double mass = 0.0, kept = 0.0;
+  int overflow = 0;
+#pragma omp parallel num_threads(nt) reduction(max : lmax) reduction(+ : mass, kept, overflow)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    double* ca = acc[tid].data();
+    std::vector<double> lbuf(m), pbuf(m);
+    std::vector<int64_t> cbuf(k > 0 ? m : 0);
+    double* L = lbuf.data();
+    double* p = pbuf.data();
+    const double* ytp = yt.data();
+#pragma omp for schedule(static)
+    for (long i = 0; i < n; ++i) {
+      const T* c = C + i * m;
+      const double xi = x[i] + alpha * dx[i];
+      double mx = -std::numeric_limits<double>::infinity();
+#pragma omp simd reduction(max : mx)
+      for (long j = 0; j < m; ++j) {
+        L[j] = (xi + ytp[j] - static_cast<double>(c[j])) * inv_eps - 1.0;
+        mx = std::max(mx, L[j]);
+      }
+      lmax = std::max(lmax, mx);
+      if (!(mx <= kOverflowExponent)) {  // overflow or NaN: reject the trial, skip the row
+        overflow += 1;
+        continue;
+      }
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (long j = 0; j < m; ++j) {
+        p[j] = fast_exp(L[j]);
+        s += p[j];
+        ca[j] += p[j];
+      }
+      row[i] = s;
+      mass += s;
+      if (k > 0) {
+        int64_t* ki = kidx + i * k;
+        double* kv = kval + i * k;
+        select_top_k(L, m, k, ki, cbuf.data());
+        for (long t = 0; t < k; ++t) {
+          kv[t] = p[ki[t]];
+          kept += kv[t];
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (long j = 0; j < m; ++j) {
+      double t = 0.0;
+      for (int q = 0; q < nt; ++q) t += acc[q][j];
+      col[j] = t;
+    }
+  }
+  FormResult res;
+  res.lmax = lmax;
+  if (overflow > 0) {
+    res.mass = std::numeric_limits<double>::infinity();
+    res.kept = std::numeric_limits<double>::infinity();
+    return res;
+  }
+  res.mass = mass;
+  res.kept = kept;
+  // Transpose by counting sort; rows stay in increasing order inside each column.
+  std::fill(tptr, tptr + m + 1, int64_t(0));
+  const long nnz = n * k;
+  for (long q = 0; q < nnz; ++q) tptr[kidx[q] + 1] += 1;
+  for (long j = 0; j < m; ++j) tptr[j + 1] += tptr[j];
+  std::vector<int64_t> fill(tptr, tptr + m);
+  for (long i = 0; i < n; ++i)
+    for (long t = 0; t < k; ++t) {
+      const int64_t j = kidx[i * k + t];
+      const int64_t pos = fill[j]++;
+      tidx[pos] = i;
+      tval[pos] = kval[i * k + t];
+    }
+  return res;
+}
+
+// The sparsified system matrix M~ = [[diag(row), P~], [P~^T, diag(col)]].
+struct SparseSystem {
+  const double* row;
+  const double* col;
+  const int64_t* kidx;
+  const double* kval;
+  const int64_t* tptr;
+  const int64_t* tidx;
+  const double* tval;
+  long n, m, k;
+  int nt;
+
+  // out = M~ v (v, out of length n + m). Two gathers; threaded only when it pays off.
+  void apply(const double* v, double* out) const {
+    const double* vy = v + n;
+    const bool par = nt > 1 && (n + m) * (k + 1) >= 32768;
+#pragma omp parallel num_threads(nt) if (par)
+    {
+#pragma omp for schedule(static) nowait
+      for (long i = 0; i < n; ++i) {
+        const int64_t* ki = kidx + i * k;
+        const double* kv = kval + i * k;
+        double s = row[i] * v[i];
+        for (long t = 0; t < k; ++t) s += kv[t] * vy[ki[t]];
+        out[i] = s;
+      }
+#pragma omp for schedule(static)
+      for (long j = 0; j < m; ++j) {
+        double s = col[j] * vy[j];
+        for (int64_t q = tptr[j]; q < tptr[j + 1]; ++q) s += tval[q] * v[tidx[q]];
+        out[n + j] = s;
+      }
+    }
+  }
+};
+
+inline double dot(const double* a, const double* b, long len) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (long i = 0; i < len; ++i) s += a[i] * b[i];
+  return s;
+}
+
+struct CGResult {
+  long iterations = 0;
+  double relres = 0.0;
+};
+
+// Jacobi-preconditioned CG on M~ z = rhs, z warm start in / solution out. Same steps as the
+// NumPy reference (sns_reference.sns_pcg): stop on ||r||_2 <= rtol ||rhs||_2, at maxiter, or on
+// breakdown (p^T M~ p <= 0, also NaN).
+inline CGResult pcg(const SparseSystem& A, const double* rhs, double* z, double rtol, long maxiter) {
+  const long N = A.n + A.m;
+  std::vector<double> dinv(N), r(N), s(N), p(N), q(N);
+  for (long i = 0; i < A.n; ++i) dinv[i] = 1.0 / (A.row[i] + 1e-300);
+  for (long j = 0; j < A.m; ++j) dinv[A.n + j] = 1.0 / (A.col[j] + 1e-300);
+  CGResult res;
+  const double bnorm = std::sqrt(dot(rhs, rhs, N));
+  if (bnorm == 0.0) {
+    std::fill(z, z + N, 0.0);
+    return res;
+  }
+  A.apply(z, q.data());
+  for (long i = 0; i < N; ++i) r[i] = rhs[i] - q[i];
+  double rnorm = std::sqrt(dot(r.data(), r.data(), N));
+  if (rnorm <= rtol * bnorm) {
+    res.relres = rnorm / bnorm;
+    return res;
+  }
+  for (long i = 0; i < N; ++i) p[i] = s[i] = dinv[i] * r[i];
+  double rs = dot(r.data(), s.data(), N);
+  long it = 0;
+  while (it < maxiter) {
+    A.apply(p.data(), q.data());
+    const double pq = dot(p.data(), q.data(), N);
+    if (!(pq > 0.0)) break;
+    const double a = rs / pq;
+    double rr = 0.0;
+#pragma omp simd reduction(+ : rr)
+    for (long i = 0; i < N; ++i) {
+      z[i] += a * p[i];
+      r[i] -= a * q[i];
+      rr += r[i] * r[i];
+    }
+    ++it;
+    rnorm = std::sqrt(rr);
+    if (rnorm <= rtol * bnorm) break;
+    double rs_new = 0.0;
+#pragma omp simd reduction(+ : rs_new)
+    for (long i = 0; i < N; ++i) {
+      s[i] = dinv[i] * r[i];
+      rs_new += r[i] * s[i];
+    }
+    const double beta = rs_new / rs;
+#pragma omp simd
+    for (long i = 0; i < N; ++i) p[i] = s[i] + beta * p[i];
+    rs = rs_new;
+  }
+  res.iterations = it;
+  res.relres = rnorm / bnorm;
+  return res;
+}
+
+}  // namespace sns
+}  // namespace otsolve

@@ -1,0 +1,424 @@
+"""Sinkhorn-Newton-Sparse (SNS): Sinkhorn warm-up, then Newton steps with a sparsified Hessian.
+
+Tang, Shavlovsky, Rahmanian, Tardini, Thekumparampil, Xiao, Ying, "Accelerating Sinkhorn
+Algorithm with Sparse Newton Iterations", ICLR 2024 (arXiv 2401.12253). The robustness rules
+(exact diagonal, symmetric per-row sparsification, overflow-rejecting line search, automatic
+switch and fallbacks) follow the project spec ``specs/sinkhorn_sns.md``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Geometry
+from ..kernels import get_sinkhorn_kernels
+from ..kernels import sns_reference
+from ..problems import LinearProblem
+from ._common import (
+    default_tol,
+    dense_plan,
+    initial_potentials,
+    is_cupy_problem,
+    marginal_l1,
+    plan_statistics,
+    safe_log,
+    warn_not_converged,
+)
+from .result import OTResult
+
+__all__ = ["SinkhornNewtonSparse", "get_sns_kernels"]
+
+try:  # built by `pip install .` from csrc/_ext_sns.cpp
+    from .. import _ext_sns as _compiled_sns
+except ImportError:  # pragma: no cover - source checkout without a build
+    _compiled_sns = None
+
+# Armijo sufficient-increase constant and the smallest step tried before giving up.
+_ARMIJO_C = 1e-4
+_ALPHA_MIN = 2.0**-30
+# Inexact-Newton forcing term: CG relative residual min(_FORCING_MAX, err**_FORCING_POW).
+_FORCING_MAX = 1e-1
+_FORCING_POW = 0.5
+
+
+def get_sns_kernels(compiled: bool = True) -> ModuleType:
+    """Module with ``sns_form_system``, ``sns_line_eval``, ``sns_matvec``, ``sns_pcg``.
+
+    The compiled C++ module when built (and ``compiled``), else the NumPy reference
+    :mod:`otsolve.kernels.sns_reference` (same signatures).
+    """
+    if compiled and _compiled_sns is not None:
+        return _compiled_sns
+    return sns_reference
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_pos(value: Any, name: str, upper: float | None = None) -> None:
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    if not ok or not np.isfinite(value) or value <= 0 or (upper is not None and value > upper):
+        bound = f" and <= {upper}" if upper is not None else ""
+        raise ValueError(f"{name} must be a positive number{bound}, got {value!r}")
+
+
+class _System:
+    """Buffers of one Newton system: marginals, kept entries and their transpose."""
+
+    def __init__(self, n: int, m: int, k: int) -> None:
+        self.row, self.col = np.empty(n), np.empty(m)
+        self.kidx = np.empty((n, k), dtype=np.int64)
+        self.kval = np.empty((n, k))
+        self.tptr = np.empty(m + 1, dtype=np.int64)
+        self.tidx = np.empty(n * k, dtype=np.int64)
+        self.tval = np.empty(n * k)
+        self.mass = self.kept = float("nan")
+
+    def form(self, K, C, x, y, dx, dy, alpha, eps, n_threads) -> bool:
+        """Evaluate the plan at x + alpha dx, y + alpha dy; False when it overflows."""
+        self.mass, _, self.kept = K.sns_form_system(
+            C, x, y, dx, dy, alpha, eps, self.row, self.col, self.kidx, self.kval, self.tptr,
+            self.tidx, self.tval, n_threads)
+        return bool(np.isfinite(self.mass))
+
+    def arrays(self):
+        return self.row, self.col, self.kidx, self.kval, self.tptr, self.tidx, self.tval
+
+
+@dataclass(frozen=True)
+class SinkhornNewtonSparse:
+    r"""Entropic OT by Sinkhorn-Newton-Sparse (Tang et al., ICLR 2024).
+
+    Stage 1 runs log-domain Sinkhorn (the fused kernels of :class:`~otsolve.Sinkhorn`). Stage 2
+    takes Newton ascent steps on the concave dual (Lyapunov) potential
+
+    .. math:: F(x, y) = -\varepsilon \sum_{ij} P_{ij} + \langle a, x\rangle + \langle b, y\rangle,
+              \quad P_{ij} = \exp((x_i + y_j - C_{ij})/\varepsilon - 1),
+
+    whose Hessian is :math:`-\tfrac1\varepsilon M(P)`, :math:`M = [[\mathrm{diag}(P1), P],
+    [P^T, \mathrm{diag}(P^T1)]]`. The diagonal of ``M`` is kept exact; the off-diagonal block is
+    replaced by the ``k_row`` largest entries of each row of ``P`` (same block on both sides, so
+    the system stays symmetric and positive semi-definite). ``M~ dz = eps * grad F`` is solved by
+    Jacobi-preconditioned CG (warm-started, gauge direction ``(1, -1)`` projected out), and the
+    step is chosen by Armijo backtracking that treats an overflowing plan as a rejection.
+
+    Parameters
+    ----------
+    tol : float, optional
+        Stop when ``||P1 - a||_1 + ||P^T 1 - b||_1 <= tol``. Default 1e-9 (float64), 1e-6 (float32).
+    max_iter : int, default 100
+        Newton-step budget.
+    n_sinkhorn : int, default 20
+        Sinkhorn warm-up iterations (the paper's N1; 0 is allowed). Also the length of the
+        Sinkhorn block run by a fallback.
+    switch_tol : float, optional
+        Switch to Newton earlier, as soon as the Sinkhorn error is ``<= switch_tol``.
+    auto_switch : bool, default True
+        After the warm-up, keep running Sinkhorn while its measured linear rate predicts
+        convergence within ``3 * n_sinkhorn`` more iterations (dense plans, large ε: Newton with a
+        sparse Hessian would not pay off there). False: switch after exactly ``n_sinkhorn``.
+    k_row : int, default 10
+        Off-diagonal entries of ``P`` kept per row.
+    density : float, optional
+        Alternative to ``k_row``: keep ``ceil(density * m)`` entries per row (the paper's λ ≈ 2/n
+        corresponds to ``density = 2 / n``).
+    cg_rtol : float, default 1e-10
+        Relative residual of the CG solves (floor of the forcing term ``max(cg_rtol, min(0.1, sqrt(err)))``).
+    cg_maxiter : int, optional
+        CG iterations per Newton step (default ``max(500, n + m)``).
+    max_sinkhorn : int, default 10000
+        Total Sinkhorn iterations (warm-up, automatic extension and fallbacks together).
+    n_threads : int, default 0
+        OpenMP threads of the compiled kernels (0 = all).
+    compiled : bool, default True
+        Use the compiled kernels (False: the NumPy references, for checks).
+    warn : bool, default True
+        Emit a RuntimeWarning when the solve does not converge.
+
+    Notes
+    -----
+    Potentials are defined up to ``(f + t, g - t)``. Rows or columns with zero weight are removed
+    before solving (their potentials are ``-inf``). The plan is dense during the solve (O(nm)
+    memory and time per Newton step); point clouds are materialised.
+
+    When a Newton step fails (no acceptable step, non-finite direction, or the error does not
+    decrease for two steps) the solver runs ``n_sinkhorn`` Sinkhorn iterations from the best
+    iterate and doubles ``k_row``; each event is listed in ``result.fallbacks``. The returned
+    iterate is the best one met (smallest marginal error), never worse than the Sinkhorn stage.
+
+    Extra result fields: ``n_sinkhorn``, ``n_newton``, ``cg_iterations`` (per Newton step),
+    ``cg_residuals``, ``step_sizes``, ``nnz_per_row`` (final ``k_row``), ``kept_mass`` (fraction
+    of the plan's mass kept in the sparsified block, per step), ``fallbacks``, ``newton_times``
+    (seconds since the start at each Newton error measurement), ``sinkhorn_time``, ``time``.
+
+    References
+    ----------
+    X. Tang et al., "Accelerating Sinkhorn Algorithm with Sparse Newton Iterations", ICLR 2024.
+    C. Brauer, C. Clason, D. Lorenz, B. Wirth, "A Sinkhorn-Newton method for entropic optimal
+    transport", arXiv:1710.06635, 2017.
+    """
+
+    tol: float | None = None
+    max_iter: int = 100
+    n_sinkhorn: int = 20
+    switch_tol: float | None = None
+    auto_switch: bool = True
+    k_row: int = 10
+    density: float | None = None
+    cg_rtol: float = 1e-10
+    cg_maxiter: int | None = None
+    max_sinkhorn: int = 10_000
+    n_threads: int = 0
+    compiled: bool = True
+    warn: bool = True
+
+    method = "sns"
+
+    def __post_init__(self) -> None:
+        if self.tol is not None:
+            _check_pos(self.tol, "tol")
+        _check_int(self.max_iter, "max_iter", 0)
+        _check_int(self.n_sinkhorn, "n_sinkhorn", 0)
+        if self.switch_tol is not None:
+            _check_pos(self.switch_tol, "switch_tol")
+        _check_int(self.k_row, "k_row", 1)
+        if self.density is not None:
+            _check_pos(self.density, "density", upper=1.0)
+        _check_pos(self.cg_rtol, "cg_rtol", upper=1.0)
+        if self.cg_maxiter is not None:
+            _check_int(self.cg_maxiter, "cg_maxiter", 1)
+        _check_int(self.max_sinkhorn, "max_sinkhorn", 0)
+        _check_int(self.n_threads, "n_threads", 0)
+
+    # ------------------------------------------------------------------------------------
+    def __call__(self, problem: LinearProblem, init: Any = None) -> OTResult:
+        if not isinstance(problem, LinearProblem):
+            raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
+        if is_cupy_problem(problem):  # GPU path (CuPy backend)
+            from ..backends.cupy_sns import solve_sns_cupy
+
+            return solve_sns_cupy(self, problem, init)
+        eps = problem.require_epsilon()
+        geom = problem.geom
+        n, m = geom.shape
+        tol = default_tol(problem.dtype) if self.tol is None else float(self.tol)
+        f, g = initial_potentials(init, n, m)
+        a = np.asarray(problem.a, dtype=np.float64)
+        b = np.asarray(problem.b, dtype=np.float64)
+        # Zero-mass rows/columns carry no plan mass: solve on the support, their potentials are
+        # -inf (the Newton system would have empty rows there and be singular).
+        rs, cs = np.flatnonzero(a > 0), np.flatnonzero(b > 0)
+        C = np.asarray(geom.cost_matrix)
+        if rs.size < n or cs.size < m:
+            C = C[np.ix_(rs, cs)]
+        C = np.ascontiguousarray(C)
+        x, y = f[rs].copy(), g[cs].copy()
+        x[~np.isfinite(x)] = 0.0  # a -inf warm start on the support is meaningless
+        y[~np.isfinite(y)] = 0.0
+
+        t0 = time.perf_counter()
+        out = self._solve(C, a[rs], b[cs], eps, x, y, tol, t0)
+        elapsed = time.perf_counter() - t0
+
+        f_full = np.full(n, -np.inf)
+        g_full = np.full(m, -np.inf)
+        f_full[rs], g_full[cs] = out["x"], out["y"]
+        nt = self.n_threads or (1 if n * m < (1 << 20) else 0)
+        row, col, cost, plogp = plan_statistics(geom, f_full, g_full, eps, self.compiled, nt)
+        merr = marginal_l1(problem, row, col)
+        converged = bool(np.isfinite(merr) and merr <= tol)
+        if converged:
+            status, message = "converged", f"marginal L1 error {merr:.3g} <= tol {tol:.3g}"
+        else:
+            status = out["status"]
+            message = f"{out['message']}; marginal L1 error {merr:.3g} > tol {tol:.3g}"
+        if not converged and self.warn:
+            warn_not_converged("SinkhornNewtonSparse", message)
+        out_dtype = problem.dtype
+        return OTResult(
+            method=self.method,
+            f=f_full.astype(out_dtype),
+            g=g_full.astype(out_dtype),
+            cost=cost,
+            value=cost + eps * plogp,
+            converged=converged,
+            n_iter=out["n_sinkhorn"] + out["n_newton"],
+            marginal_error=merr,
+            errors=out["errors"],
+            message=message,
+            status=status,
+            epsilon=eps,
+            plan_fn=lambda: dense_plan(geom, f_full, g_full, eps, out_dtype),
+            n_sinkhorn=out["n_sinkhorn"],
+            n_newton=out["n_newton"],
+            cg_iterations=out["cg_iterations"],
+            cg_residuals=out["cg_residuals"],
+            step_sizes=out["step_sizes"],
+            nnz_per_row=out["k_row"],
+            kept_mass=out["kept_mass"],
+            fallbacks=out["fallbacks"],
+            newton_times=out["newton_times"],
+            sinkhorn_time=out["sinkhorn_time"],
+            time=elapsed,
+        )
+
+    # ------------------------------------------------------------------------------------
+    def _solve(self, C, a, b, eps, x, y, tol, t0) -> dict:
+        n, m = C.shape
+        SK = get_sinkhorn_kernels(self.compiled)
+        K = get_sns_kernels(self.compiled)
+        # Below ~1M entries a pass takes about a millisecond and OpenMP barriers (badly hurt
+        # when the cores are shared) cost more than the second core gains: one thread.
+        nt = self.n_threads or (1 if n * m < (1 << 20) else 0)
+        log_a, log_b = safe_log(a), safe_log(b)
+        k = math.ceil(self.density * m) if self.density is not None else self.k_row
+        k = int(min(max(k, 1), m))
+        cg_maxiter = self.cg_maxiter or max(500, n + m)
+        # The Sinkhorn kernel measures the row error only (columns exact up to rounding).
+        tol_sk = max(tol - 16 * (n + m) * np.finfo(float).eps * float(a.sum()), 0.5 * tol)
+        errors: list[float] = []
+        rec = dict(n_sinkhorn=0, n_newton=0, cg_iterations=[], cg_residuals=[], step_sizes=[],
+                   kept_mass=[], fallbacks=[], newton_times=[], sinkhorn_time=0.0)
+        sk_budget = [int(self.max_sinkhorn)]
+
+        def sinkhorn(iters: int, stop_tol: float) -> tuple[float, int]:
+            """Run up to ``iters`` Sinkhorn iterations in place; (error, kernel status)."""
+            iters = min(iters, sk_budget[0])
+            it, st, errs = SK.sinkhorn_dense(C, log_a, log_b, x, y, eps, iters, stop_tol, nt)
+            sk_budget[0] -= it
+            rec["n_sinkhorn"] += it
+            errors.extend(errs[1:] if errors else errs)
+            return (float(errs[-1]) if len(errs) else float("inf")), st
+
+        def finish(status: str, message: str, xb, yb) -> dict:
+            rec.update(x=xb, y=yb, status=status, message=message, errors=errors, k_row=k)
+            return rec
+
+        # ---- stage 1: Sinkhorn warm-up ------------------------------------------------------
+        stop1 = max(tol_sk, self.switch_tol or 0.0)
+        err, st = sinkhorn(self.n_sinkhorn, stop1)
+        if st == 2:
+            return finish("diverged", "Sinkhorn stage produced non-finite potentials", x, y)
+        if err > tol and self.auto_switch and self.n_sinkhorn >= 6 and err > stop1:
+            # Predict Sinkhorn's remaining iterations from its linear rate over the last 5.
+            e = errors[-6:]
+            if len(e) == 6 and e[0] > 0 and e[-1] > 0:
+                rate = (e[-1] / e[0]) ** 0.2
+                if rate < 1.0:
+                    need = math.log(tol / e[-1]) / math.log(rate)
+                    if need <= 3 * self.n_sinkhorn:
+                        err, st = sinkhorn(int(math.ceil(1.5 * need)) + 2, tol_sk)
+        rec["sinkhorn_time"] = time.perf_counter() - t0
+        if err <= tol_sk:
+            return finish("converged", "converged in the Sinkhorn stage", x, y)
+
+        # ---- stage 2: Newton with a sparsified Hessian --------------------------------------
+        sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
+        zero_n, zero_m = np.zeros(n), np.zeros(m)
+        if not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
+            return finish("diverged", "the plan overflows at the Sinkhorn iterate", x, y)
+        best = (np.inf, x.copy(), y.copy())
+        dz = np.zeros(n + m)
+        bad_steps = 0
+        status, message = "max_iter", f"reached max_iter={self.max_iter} Newton steps"
+        while True:
+            grad = np.concatenate([a - sys_cur.row, b - sys_cur.col])
+            err = float(np.abs(grad).sum())
+            rec["newton_times"].append(time.perf_counter() - t0)
+            if rec["n_newton"] > 0 or not errors:
+                errors.append(err)
+            if err < best[0]:
+                best = (err, x.copy(), y.copy())
+                bad_steps = 0
+            elif rec["n_newton"] > 0:
+                bad_steps += 1
+            if err <= tol:
+                status, message = "converged", "converged in the Newton stage"
+                break
+            if rec["n_newton"] >= self.max_iter:
+                break
+            fail = None
+            if bad_steps >= 2:
+                fail = "marginal error did not decrease for 2 Newton steps"
+            else:
+                rec["kept_mass"].append(sys_cur.kept / sys_cur.mass if sys_cur.mass > 0 else 0.0)
+                # Inexact Newton: a loose forcing term far from the optimum saves CG iterations.
+                rtol = max(self.cg_rtol, min(_FORCING_MAX, err ** _FORCING_POW))
+                its, res = K.sns_pcg(*sys_cur.arrays(), eps * grad, dz, rtol, cg_maxiter, nt)
+                rec["cg_iterations"].append(int(its))
+                rec["cg_residuals"].append(float(res))
+                shift = (dz[:n].sum() - dz[n:].sum()) / (n + m)  # gauge (1, -1) projected out
+                dz[:n] -= shift
+                dz[n:] += shift
+                dx, dy = dz[:n], dz[n:]
+                slope = float(grad @ dz)
+                if not (np.all(np.isfinite(dz)) and slope > 0):
+                    fail = "CG gave no ascent direction"
+                else:
+                    alpha = self._line_search(K, C, a, b, eps, x, y, dx, dy, slope, err,
+                                              sys_cur, sys_try, nt)
+                    if alpha is None:
+                        fail = "line search found no acceptable step"
+                    else:
+                        x += alpha * dx
+                        y += alpha * dy
+                        sys_cur, sys_try = sys_try, sys_cur
+                        rec["step_sizes"].append(alpha)
+                        rec["n_newton"] += 1
+                        if alpha < 1.0:
+                            dz *= alpha  # warm start of the next solve
+                        continue
+            # ---- fallback: Sinkhorn block from the best iterate, denser Hessian --------------
+            rec["n_newton"] += 1
+            x[:], y[:] = best[1], best[2]
+            k_new = min(2 * k, m)
+            if sk_budget[0] <= 0:
+                status, message = "fallback_exhausted", f"{fail}; Sinkhorn budget exhausted"
+                break
+            err_sk, st = sinkhorn(max(self.n_sinkhorn, 10), tol_sk)
+            rec["fallbacks"].append(
+                f"Newton step {rec['n_newton']}: {fail}; ran Sinkhorn iterations from the best "
+                f"iterate (error {err_sk:.3g}), k_row {k} -> {k_new}")
+            if st == 2:
+                x[:], y[:] = best[1], best[2]
+            if k_new != k:
+                k = k_new
+                sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
+            dz = np.zeros(n + m)
+            bad_steps = 0
+            if not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
+                x[:], y[:] = best[1], best[2]
+                sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt)
+        err_b, xb, yb = best
+        return finish(status, message, xb, yb)
+
+    def _line_search(self, K, C, a, b, eps, x, y, dx, dy, slope, err, sys_cur, sys_try, nt):
+        """Armijo backtracking on F; fills ``sys_try`` at the accepted step, or returns None.
+
+        A trial whose plan overflows is rejected. Near the optimum F changes at rounding level
+        (spec §4.3), so a step whose F is within rounding of F(z) is accepted when it lowers the
+        marginal error.
+        """
+        ax, by = float(a @ x), float(b @ y)
+        adx, bdy = float(a @ dx), float(b @ dy)
+        F0 = -eps * sys_cur.mass + ax + by
+        noise = 64 * np.finfo(float).eps * (abs(ax) + abs(by) + eps * sys_cur.mass + abs(F0))
+        alpha = 1.0
+        while alpha >= _ALPHA_MIN:
+            if sys_try.form(K, C, x, y, dx, dy, alpha, eps, nt):
+                F = -eps * sys_try.mass + ax + by + alpha * (adx + bdy)
+                if F >= F0 + _ARMIJO_C * alpha * slope:
+                    return alpha
+                if F >= F0 - noise:
+                    e = float(np.abs(a - sys_try.row).sum() + np.abs(b - sys_try.col).sum())
+                    if e < err:
+                        return alpha
+            alpha *= 0.5
+        return None
