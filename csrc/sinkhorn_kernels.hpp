@@ -87,11 +87,17 @@ struct PointCloudCost {
   }
 };
 
-inline int resolve_threads(int n_threads) {
+// Threads for a loop over `work` cost entries per pass. Automatic choice (n_threads <= 0) keeps
+// at least ~256k entries per thread: below that, fork/join and barriers cost more than they save
+// (and on a loaded machine a barrier can wait a whole scheduler quantum).
+inline int resolve_threads(int n_threads, long work = std::numeric_limits<long>::max()) {
 #ifdef _OPENMP
-  return n_threads > 0 ? n_threads : omp_get_max_threads();
+  if (n_threads > 0) return n_threads;
+  const long cap = std::max(1L, work / (1L << 18));
+  return static_cast<int>(std::min<long>(omp_get_max_threads(), cap));
 #else
   (void)n_threads;
+  (void)work;
   return 1;
 #endif
 }
@@ -169,7 +175,7 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
                            double omega_in = 1.0) {
   const long n = cost.n, m = cost.m;
   const double inv_eps = 1.0 / eps;
-  const int nt = resolve_threads(n_threads);
+  const int nt = resolve_threads(n_threads, n * m);
   std::vector<double> f_new(n), colsum(m), col_in(m), a(n), b(m);
   for (long i = 0; i < n; ++i) a[i] = std::exp(log_a[i]);
   for (long j = 0; j < m; ++j) b[j] = std::exp(log_b[j]);
@@ -184,6 +190,7 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
     double err_rows = 0.0;
 #pragma omp parallel num_threads(nt) reduction(+ : err_rows)
     {
+      FlushDenormals ftz;
 #ifdef _OPENMP
       const int tid = omp_get_thread_num();
 #else
@@ -300,11 +307,12 @@ void plan_statistics(const Cost& cost, const double* f, const double* g, double 
                      double* col, double* out_cost, double* out_plogp, int n_threads) {
   const long n = cost.n, m = cost.m;
   const double inv_eps = 1.0 / eps;
-  const int nt = resolve_threads(n_threads);
+  const int nt = resolve_threads(n_threads, n * m);
   std::vector<std::vector<double>> acc(nt, std::vector<double>(m, 0.0));
   double tc = 0.0, te = 0.0;
 #pragma omp parallel num_threads(nt) reduction(+ : tc, te)
   {
+    FlushDenormals ftz;
 #ifdef _OPENMP
     const int tid = omp_get_thread_num();
 #else

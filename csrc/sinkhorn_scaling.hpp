@@ -43,7 +43,7 @@ template <typename T>
 SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_a, const double* log_b,
                                   double* f, double* g, double eps, long max_iter, double tol,
                                   int n_threads, T* K, double tau, double omega_in = 1.0) {
-  const int nt = resolve_threads(n_threads);
+  const int nt = resolve_threads(n_threads, n * m);
   std::vector<double> a(n), b(m), u(n, 1.0), v(m, 1.0), u_new(n), colsum(m), col_in(m);
   for (long i = 0; i < n; ++i) a[i] = std::exp(log_a[i]);
   for (long j = 0; j < m; ++j) b[j] = std::exp(log_b[j]);
@@ -73,6 +73,7 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
     int bad_rows = 0;
 #pragma omp parallel num_threads(nt) reduction(+ : err, bad_rows)
     {
+      FlushDenormals ftz;
 #ifdef _OPENMP
       const int tid = omp_get_thread_num();
 #else
