@@ -123,11 +123,14 @@ def _solve_compiled(a, b, eps, tol, max_iter, C, x, y, cost, schedule, init, n_t
             args = (x[k].contiguous().numpy(), y[k].t().contiguous().numpy(), kind, scale)
             run = K.sinkhorn_pointcloud
         f, g = F[k], G[k]
+        # OpenMP barriers cost more than they save on small problems (and much more on a loaded
+        # machine), so small problems run on one thread unless the caller says otherwise
+        nt = n_threads if n_threads > 0 or n * m >= 250_000 else 1
         its = 0
         for e in schedule:  # one update per annealing stage (a warm start, not a solve)
-            run(*args, la[k], lb[k], f, g, e, 1, 0.0, n_threads)
+            run(*args, la[k], lb[k], f, g, e, 1, 0.0, nt)
             its += 1
-        it, status, errors = run(*args, la[k], lb[k], f, g, eps, max_iter, tol, n_threads)
+        it, status, errors = run(*args, la[k], lb[k], f, g, eps, max_iter, tol, nt)
         n_iter[k] = its + it
         err[k] = errors[-1] if len(errors) else np.inf
         conv[k] = status == 0
