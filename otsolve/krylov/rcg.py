@@ -54,8 +54,8 @@ def _rcg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, k=20, ell=
         x += W.T @ sla.cho_solve(Ecf, W.conj() @ r)
         r = b - Aop(x)  # W^T r = 0 from here on
 
-    def deflate(z):
-        return z - W.T @ sla.cho_solve(Ecf, AW.conj() @ z) if W is not None else z
+    def deflate(z):  # always a new array: p must never alias r
+        return z - W.T @ sla.cho_solve(Ecf, AW.conj() @ z) if W is not None else z.copy()
 
     P_store = np.empty((ell, n), dtype=dtype) if (recycle is not None and k > 0) else None
     AP_store = np.empty_like(P_store) if P_store is not None else None
