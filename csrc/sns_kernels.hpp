@@ -211,32 +211,54 @@ struct CGResult {
   double relres = 0.0;
 };
 
-// Jacobi-preconditioned CG on M~ z = rhs, z warm start in / solution out. Same steps as the
-// NumPy reference (sns_reference.sns_pcg): stop on ||r||_2 <= rtol ||rhs||_2, at maxiter, or on
-// breakdown (p^T M~ p <= 0, also NaN).
+// Remove the component of v (length n + m) along the gauge direction (1_n, -1_m).
+inline void project_gauge(double* v, long n, long m) {
+  double sx = 0.0, sy = 0.0;
+#pragma omp simd reduction(+ : sx)
+  for (long i = 0; i < n; ++i) sx += v[i];
+#pragma omp simd reduction(+ : sy)
+  for (long j = 0; j < m; ++j) sy += v[n + j];
+  const double c = (sx - sy) / double(n + m);
+#pragma omp simd
+  for (long i = 0; i < n; ++i) v[i] -= c;
+#pragma omp simd
+  for (long j = 0; j < m; ++j) v[n + j] += c;
+}
+
+// Projected Jacobi-preconditioned CG: Pi M~ Pi z = Pi rhs on the complement of the gauge
+// direction, preconditioner Pi D^-1 Pi. The direction (1, -1) is (almost) null for M~ when
+// little mass is dropped; keeping it out of every search direction keeps CG well conditioned.
+// z: warm start in / solution out. Same steps as sns_reference.sns_pcg: stop on
+// ||Pi r||_2 <= rtol ||Pi rhs||_2, at maxiter, or on breakdown (p^T M~ p <= 0, also NaN).
 inline CGResult pcg(const SparseSystem& A, const double* rhs, double* z, double rtol, long maxiter) {
-  const long N = A.n + A.m;
-  std::vector<double> dinv(N), r(N), s(N), p(N), q(N);
-  for (long i = 0; i < A.n; ++i) dinv[i] = 1.0 / (A.row[i] + 1e-300);
-  for (long j = 0; j < A.m; ++j) dinv[A.n + j] = 1.0 / (A.col[j] + 1e-300);
+  const long n = A.n, m = A.m, N = n + m;
+  std::vector<double> dinv(N), b(rhs, rhs + N), r(N), s(N), p(N), q(N);
+  for (long i = 0; i < n; ++i) dinv[i] = 1.0 / (A.row[i] + 1e-300);
+  for (long j = 0; j < m; ++j) dinv[n + j] = 1.0 / (A.col[j] + 1e-300);
   CGResult res;
-  const double bnorm = std::sqrt(dot(rhs, rhs, N));
+  project_gauge(z, n, m);
+  project_gauge(b.data(), n, m);
+  const double bnorm = std::sqrt(dot(b.data(), b.data(), N));
   if (bnorm == 0.0) {
     std::fill(z, z + N, 0.0);
     return res;
   }
   A.apply(z, q.data());
-  for (long i = 0; i < N; ++i) r[i] = rhs[i] - q[i];
+  for (long i = 0; i < N; ++i) r[i] = b[i] - q[i];
+  project_gauge(r.data(), n, m);
   double rnorm = std::sqrt(dot(r.data(), r.data(), N));
   if (rnorm <= rtol * bnorm) {
     res.relres = rnorm / bnorm;
     return res;
   }
-  for (long i = 0; i < N; ++i) p[i] = s[i] = dinv[i] * r[i];
+  for (long i = 0; i < N; ++i) s[i] = dinv[i] * r[i];
+  project_gauge(s.data(), n, m);
+  std::copy(s.begin(), s.end(), p.begin());
   double rs = dot(r.data(), s.data(), N);
   long it = 0;
   while (it < maxiter) {
     A.apply(p.data(), q.data());
+    project_gauge(q.data(), n, m);
     const double pq = dot(p.data(), q.data(), N);
     if (!(pq > 0.0)) break;
     const double a = rs / pq;
@@ -250,12 +272,10 @@ inline CGResult pcg(const SparseSystem& A, const double* rhs, double* z, double 
     ++it;
     rnorm = std::sqrt(rr);
     if (rnorm <= rtol * bnorm) break;
-    double rs_new = 0.0;
-#pragma omp simd reduction(+ : rs_new)
-    for (long i = 0; i < N; ++i) {
-      s[i] = dinv[i] * r[i];
-      rs_new += r[i] * s[i];
-    }
+#pragma omp simd
+    for (long i = 0; i < N; ++i) s[i] = dinv[i] * r[i];
+    project_gauge(s.data(), n, m);
+    const double rs_new = dot(r.data(), s.data(), N);
     const double beta = rs_new / rs;
 #pragma omp simd
     for (long i = 0; i < N; ++i) p[i] = s[i] + beta * p[i];

@@ -100,32 +100,49 @@ def sns_matvec(row, col, kidx, kval, tptr, tidx, tval, v, out, n_threads=0):
     out[n:] = col * vy + colsum
 
 
-def sns_pcg(row, col, kidx, kval, tptr, tidx, tval, rhs, z, rtol, maxiter, n_threads=0):
-    """Jacobi-preconditioned CG for ``M z = rhs`` (``M`` as in :func:`sns_matvec`), in place.
+def _project(v, n):
+    """Remove the component along the gauge direction (1_n, -1_m), in place."""
+    c = (v[:n].sum() - v[n:].sum()) / v.shape[0]
+    v[:n] -= c
+    v[n:] += c
 
-    ``z`` holds the warm start on entry and the solution on exit. Stops when
-    ``||rhs - M z||_2 <= rtol ||rhs||_2`` or after ``maxiter`` iterations; returns
-    ``(iterations, relative residual)``. The preconditioner is ``1 / (diag(M) + tiny)``: rows
-    whose mass underflowed must not divide by zero.
+
+def sns_pcg(row, col, kidx, kval, tptr, tidx, tval, rhs, z, rtol, maxiter, n_threads=0):
+    """Projected Jacobi-preconditioned CG for ``M z = rhs`` (``M`` as in :func:`sns_matvec`).
+
+    The gauge direction ``v = (1_n, -1_m)`` (the null vector of the exact Hessian, an almost
+    null vector of the sparsified one when little mass is dropped) is projected out: the solve is
+    ``Pi M Pi z = Pi rhs`` on the complement of ``v`` with the preconditioner
+    ``Pi D^-1 Pi``, ``D = diag(M) + tiny``, so the near-singular direction cannot slow CG down.
+    ``z`` holds the warm start on entry and the solution (orthogonal to ``v``) on exit. Stops when
+    ``||Pi (rhs - M z)||_2 <= rtol ||Pi rhs||_2`` or after ``maxiter`` iterations; returns
+    ``(iterations, relative residual)``.
     """
+    n = row.shape[0]
     dinv = 1.0 / (np.concatenate([row, col]) + 1e-300)
-    Mz = np.empty_like(rhs)
-    sns_matvec(row, col, kidx, kval, tptr, tidx, tval, z, Mz)
-    r = rhs - Mz
-    bnorm = float(np.linalg.norm(rhs))
+    _project(z, n)
+    b = rhs.copy()
+    _project(b, n)
+    bnorm = float(np.linalg.norm(b))
     if bnorm == 0.0:
         z[:] = 0.0
         return 0, 0.0
+    r = np.empty_like(rhs)
+    sns_matvec(row, col, kidx, kval, tptr, tidx, tval, z, r)
+    r = b - r
+    _project(r, n)
     rnorm = float(np.linalg.norm(r))
     if rnorm <= rtol * bnorm:
         return 0, rnorm / bnorm
     s = dinv * r
+    _project(s, n)
     p = s.copy()
     rs = float(r @ s)
     q = np.empty_like(rhs)
     it = 0
     while it < maxiter:
         sns_matvec(row, col, kidx, kval, tptr, tidx, tval, p, q)
+        _project(q, n)
         pq = float(p @ q)
         if not pq > 0.0:  # breakdown (M singular on p, or NaN): stop with what we have
             break
@@ -137,6 +154,7 @@ def sns_pcg(row, col, kidx, kval, tptr, tidx, tval, rhs, z, rtol, maxiter, n_thr
         if rnorm <= rtol * bnorm:
             break
         s = dinv * r
+        _project(s, n)
         rs_new = float(r @ s)
         p *= rs_new / rs
         p += s

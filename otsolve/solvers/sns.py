@@ -41,6 +41,9 @@ except ImportError:  # pragma: no cover - source checkout without a build
 # Armijo sufficient-increase constant and the smallest step tried before giving up.
 _ARMIJO_C = 1e-4
 _ALPHA_MIN = 2.0**-30
+# Newton steps without a new smallest marginal error before a Sinkhorn block is run (the
+# error of Newton iterates on F is not monotone, so one bad step is no evidence).
+_PATIENCE = 5
 # Inexact-Newton forcing term: CG relative residual min(_FORCING_MAX, err**_FORCING_POW).
 _FORCING_MAX = 1e-1
 _FORCING_POW = 0.5
@@ -129,8 +132,13 @@ class SinkhornNewtonSparse:
     density : float, optional
         Alternative to ``k_row``: keep ``ceil(density * m)`` entries per row (the paper's λ ≈ 2/n
         corresponds to ``density = 2 / n``).
+    adaptive_k : bool, default True
+        Double ``k_row`` when the Newton stage converges slowly (error ratio > 0.5 per step over
+        3 steps) while the kept block misses more than 0.1 % of the plan's mass (dense plans,
+        large ε). Failed steps always make the Hessian denser.
     cg_rtol : float, default 1e-10
-        Relative residual of the CG solves (floor of the forcing term ``max(cg_rtol, min(0.1, sqrt(err)))``).
+        Floor of the CG relative residual; the forcing term of step k is
+        ``max(cg_rtol, min(0.1, sqrt(err_k)))`` (inexact Newton: loose far from the optimum).
     cg_maxiter : int, optional
         CG iterations per Newton step (default ``max(500, n + m)``).
     max_sinkhorn : int, default 10000
@@ -172,6 +180,7 @@ class SinkhornNewtonSparse:
     auto_switch: bool = True
     k_row: int = 10
     density: float | None = None
+    adaptive_k: bool = True
     cg_rtol: float = 1e-10
     cg_maxiter: int | None = None
     max_sinkhorn: int = 10_000
@@ -323,10 +332,16 @@ class SinkhornNewtonSparse:
         sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
         zero_n, zero_m = np.zeros(n), np.zeros(m)
         if not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
-            return finish("diverged", "the plan overflows at the Sinkhorn iterate", x, y)
+            # Only reachable from a warm start without warm-up: Sinkhorn's x-update ignores x.
+            err_sk, st = sinkhorn(max(self.n_sinkhorn, 10), tol_sk)
+            rec["fallbacks"].append(f"the plan overflows at the starting point; ran Sinkhorn "
+                                    f"iterations (error {err_sk:.3g})")
+            if st == 2 or not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
+                return finish("diverged", "the plan overflows at the Sinkhorn iterate", x, y)
         best = (np.inf, x.copy(), y.copy())
         dz = np.zeros(n + m)
         bad_steps = 0
+        step_errs: list[float] = []
         status, message = "max_iter", f"reached max_iter={self.max_iter} Newton steps"
         while True:
             grad = np.concatenate([a - sys_cur.row, b - sys_cur.col])
@@ -344,9 +359,23 @@ class SinkhornNewtonSparse:
                 break
             if rec["n_newton"] >= self.max_iter:
                 break
-            fail = None
-            if bad_steps >= 2:
-                fail = "marginal error did not decrease for 2 Newton steps"
+            step_errs.append(err)
+            if (self.adaptive_k and len(step_errs) >= 4 and k < m and step_errs[-1] > 0.125 * step_errs[-4]
+                    and rec["kept_mass"] and rec["kept_mass"][-1] < 0.999):
+                # Slow linear convergence with a lot of mass dropped: the plan is not sparse
+                # enough for k_row (large eps); a denser Hessian restores the Newton rate.
+                k_new = min(2 * k, m)
+                rec["fallbacks"].append(
+                    f"Newton step {rec['n_newton']}: slow convergence (error x"
+                    f"{(step_errs[-1] / step_errs[-4]) ** (1 / 3):.2f} per step, kept mass "
+                    f"{rec['kept_mass'][-1]:.3f}); k_row {k} -> {k_new}")
+                k = k_new
+                sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
+                sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt)
+                step_errs = []
+            fail, stagnated = None, False
+            if bad_steps >= _PATIENCE:
+                fail, stagnated = f"no new smallest marginal error in {_PATIENCE} Newton steps", True
             else:
                 rec["kept_mass"].append(sys_cur.kept / sys_cur.mass if sys_cur.mass > 0 else 0.0)
                 # Inexact Newton: a loose forcing term far from the optimum saves CG iterations.
@@ -375,24 +404,27 @@ class SinkhornNewtonSparse:
                         if alpha < 1.0:
                             dz *= alpha  # warm start of the next solve
                         continue
-            # ---- fallback: Sinkhorn block from the best iterate, denser Hessian --------------
+            # ---- fallback: a Sinkhorn block from the current iterate (F only increases along
+            # accepted steps and Sinkhorn steps, so no progress is thrown away); a Hessian model
+            # that gave no acceptable step is made denser.
             rec["n_newton"] += 1
-            x[:], y[:] = best[1], best[2]
-            k_new = min(2 * k, m)
+            k_new = min(2 * k, m) if stagnated is False else k
             if sk_budget[0] <= 0:
                 status, message = "fallback_exhausted", f"{fail}; Sinkhorn budget exhausted"
                 break
+            x_keep, y_keep = x.copy(), y.copy()
             err_sk, st = sinkhorn(max(self.n_sinkhorn, 10), tol_sk)
             rec["fallbacks"].append(
-                f"Newton step {rec['n_newton']}: {fail}; ran Sinkhorn iterations from the best "
-                f"iterate (error {err_sk:.3g}), k_row {k} -> {k_new}")
+                f"Newton step {rec['n_newton']}: {fail}; ran Sinkhorn iterations (error "
+                f"{err_sk:.3g})" + (f", k_row {k} -> {k_new}" if k_new != k else ""))
             if st == 2:
-                x[:], y[:] = best[1], best[2]
+                x[:], y[:] = x_keep, y_keep
             if k_new != k:
                 k = k_new
                 sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
             dz = np.zeros(n + m)
             bad_steps = 0
+            step_errs = []
             if not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
                 x[:], y[:] = best[1], best[2]
                 sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt)
