@@ -431,18 +431,22 @@ class LightSB:
         opt = Adam(theta, lr, xp=xp)
         hist = xp.empty(n_steps, dtype=dtype)
         bar = _progress_bar(n_steps, progress)
+        it = 0
         try:
-            for it in range(n_steps):
+            while it < n_steps:
                 b0 = src[0](batch_size, rng).astype(dtype, copy=False)
                 b1 = tgt[0](batch_size, rng).astype(dtype, copy=False)
                 loss, grads = loss_and_grad(theta, b0, b1, self.epsilon, xp)
                 opt.step(grads)
                 hist[it] = loss
-                if bar is not None and (it % 50 == 0 or it == n_steps - 1):
+                it += 1
+                if bar is not None and (it % 50 == 0 or it == n_steps):
                     bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-                    bar.update(it + 1 - bar.n)
+                    bar.update(it - bar.n)
         finally:
             if bar is not None:
+                if it > 0:  # the final loss is always shown, even for runs shorter than a refresh
+                    bar.set_postfix(loss=f"{float(hist[it - 1]):.4f}", refresh=True)
                 bar.close()
         self._cache = None
         self.loss_history_ = to_numpy(hist)
