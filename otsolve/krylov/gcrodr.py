@@ -17,6 +17,8 @@ from ._recycle import RecycleSpace
 
 __all__ = ["gcrodr"]
 
+_REORTH = 0.7071  # DGKS: repeat Gram-Schmidt when the norm drops below this fraction
+
 
 def _pivoted_qr(Y: np.ndarray, rel: float = 1e-12):
     """Reduced pivoted QR of the columns of ``Y``; return (Q, R, piv) truncated to numerical rank."""
@@ -188,13 +190,17 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
                 w = np.asarray(Aop(v), dtype=dtype).reshape(-1)
             nb = kc + j + 1
             basis = W[:nb]
-            # block classical Gram-Schmidt, twice (CGS2): two gemvs instead of a per-vector loop
-            h = basis.conj() @ w
-            w = w - basis.T @ h
-            h2 = basis.conj() @ w
-            w -= basis.T @ h2
-            h += h2
+            # block classical Gram-Schmidt (one gemv each way instead of a per-vector loop), repeated
+            # only when cancellation is detected (DGKS criterion) - the products are memory bound
+            w0 = float(np.linalg.norm(w))
+            h = basis @ w if real else (basis @ w.conj()).conj()
+            w -= basis.T @ h
             hn = float(np.linalg.norm(w))
+            if hn < _REORTH * w0:
+                h2 = basis @ w if real else (basis @ w.conj()).conj()
+                w -= basis.T @ h2
+                h += h2
+                hn = float(np.linalg.norm(w))
             H[:nb, j] = h
             H[nb, j] = hn
             st.iterations += 1
@@ -248,7 +254,7 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
             d = 1.0 / unorm
             G[:kc, :kc] = np.diag(d)
             G[:kc, kc:] = H[:kc, :j]
-            WhV[:, :kc] = (W[: mm + 1].conj() @ Uref.T) * d
+            WhV[:, :kc] = (W[: mm + 1].conj() @ Uref.T) * d if not real else (W[: mm + 1] @ Uref.T) * d
         G[kc:, kc:] = Hbar
         WhV[kc: kc + j, kc:] = np.eye(j, dtype=dtype)
         GH = G.conj().T
@@ -281,7 +287,7 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
         kc = newC.shape[1]
         W[:kc] = newC.T
         # keep r orthogonal to the new C (exact in exact arithmetic, enforced against drift)
-        c = W[:kc].conj() @ r
+        c = W[:kc] @ r if real else W[:kc].conj() @ r
         r -= W[:kc].T @ c
         x += U.T @ c
         rnorm = float(np.linalg.norm(r))
