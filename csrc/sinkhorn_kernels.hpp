@@ -128,19 +128,25 @@ struct SweepStats {
 struct Relaxation {
   double omega = 1.0;
   bool adaptive = false;
-  double omega_max = 1.9;
-  std::vector<double> plain;  // errors seen with omega == 1 since the last reset
+  double omega_max = 1.95;
+  std::vector<double> plain;    // errors seen with omega == 1 since the last reset
+  std::vector<double> relaxed;  // errors seen with the current omega > 1
   double best = std::numeric_limits<double>::infinity();
 
   explicit Relaxation(double w) {
     adaptive = !(w > 0.0);
     omega = adaptive ? 1.0 : w;
   }
+  void reset() {
+    omega = 1.0;
+    plain.clear();
+    relaxed.clear();
+    best = std::numeric_limits<double>::infinity();
+  }
   void observe(double err) {
     if (!adaptive) return;
     if (!std::isfinite(err)) {
-      omega = 1.0;
-      plain.clear();
+      reset();
       return;
     }
     if (omega == 1.0) {
@@ -150,16 +156,36 @@ struct Relaxation {
         const double prev = plain[plain.size() - 1 - lag];
         const double kappa = prev > 0.0 ? std::pow(err / prev, 1.0 / lag) : 1.0;
         if (kappa > 0.0 && kappa < 0.999) {
-          omega = std::min(omega_max, 2.0 / (1.0 + std::sqrt(1.0 - kappa)));
+          omega = std::min(1.9, 2.0 / (1.0 + std::sqrt(1.0 - kappa)));
           best = err;
+          relaxed.assign(1, err);
         }
       }
-    } else {
-      best = std::min(best, err);
-      if (err > 10.0 * best) {  // over-relaxation is hurting: back to plain steps, re-measure
-        omega = 1.0;
-        plain.clear();
-        best = std::numeric_limits<double>::infinity();
+      return;
+    }
+    best = std::min(best, err);
+    if (err > 10.0 * best) {  // over-relaxation is hurting: back to plain steps, re-measure
+      reset();
+      return;
+    }
+    // Refine: Young's relation (rho + w - 1)^2 = rho w^2 kappa links the observed rate rho at
+    // relaxation w to the plain rate kappa; a rate slower than w - 1 means kappa was
+    // underestimated (early iterations converge faster than the asymptotic rate).
+    relaxed.push_back(err);
+    const size_t lag = 10;
+    if (relaxed.size() > lag) {
+      const double prev = relaxed[relaxed.size() - 1 - lag];
+      const double rho = prev > 0.0 ? std::pow(err / prev, 1.0 / lag) : 1.0;
+      const double w = omega;
+      if (rho > w - 1.0 && rho < 1.0) {
+        const double kappa = (rho + w - 1.0) * (rho + w - 1.0) / (rho * w * w);
+        if (kappa < 1.0) {
+          const double wn = std::min(omega_max, 2.0 / (1.0 + std::sqrt(1.0 - kappa)));
+          if (wn > w + 0.01) {
+            omega = wn;
+            relaxed.assign(1, err);
+          }
+        }
       }
     }
   }
