@@ -9,7 +9,7 @@
    deterministic), plus the max difference of the two gradients.
 3. Batched problems with per-problem convergence vs iterating every problem until the slowest.
 
-Usage: python bench/bench_torch.py [--quick] [--repeats R]
+Usage: python bench/bench_torch.py [--quick] [--repeats R] [--only divergence|implicit|batch]
 """
 from __future__ import annotations
 
@@ -69,8 +69,11 @@ def bench_divergence(n, d, eps, repeats):
     t_g = timeit(run(G), repeats)
     v_g = float(G(x, y))
     rows.append(("GeomLoss tensorized (scaling 0.5)", t_g, v_g, err_g, "-"))
-    for label, tol in ((f"otsolve, same accuracy (tol={err_g:.2g})", err_g), ("otsolve, tol=1e-6", 1e-6)):
-        L = SinkhornLoss(eps, cost="half_sqeuclidean", tol=tol)
+    for label, tol, nt in ((f"otsolve, same accuracy (tol={err_g:.2g})", err_g, 0),
+                           ("otsolve, tol=1e-6", 1e-6, 0),
+                           (f"otsolve, same accuracy (tol={err_g:.2g}), 1 kernel thread", err_g, 1),
+                           ("otsolve, tol=1e-6, 1 kernel thread", 1e-6, 1)):
+        L = SinkhornLoss(eps, cost="half_sqeuclidean", tol=tol, n_threads=nt)
         t = timeit(run(L), repeats)
         v = float(L(x, y))
         its = "/".join(str(int(o.n_iter)) for o in L.last_outputs.values())
@@ -179,18 +182,20 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--only", choices=["divergence", "implicit", "batch"], default=None)
     args = p.parse_args()
     r = args.repeats or (2 if args.quick else 5)
     print(f"# bench_torch ({'quick' if args.quick else 'full'}) torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
-    if args.quick:
-        bench_divergence(300, 3, 0.05, r)
-        bench_implicit(30, 0.1, 500, r)
-        bench_batch(4, 100, r)
-    else:
-        bench_divergence(2000, 3, 0.05, r)
-        bench_implicit(200, 0.05, 500, r)
-        bench_batch(16, 500, r)
+    sizes = {
+        "divergence": ((300, 3, 0.05), (2000, 3, 0.05)),
+        "implicit": ((30, 0.1, 500), (200, 0.05, 500)),
+        "batch": ((4, 100), (16, 500)),
+    }
+    fns = {"divergence": bench_divergence, "implicit": bench_implicit, "batch": bench_batch}
+    for name, fn in fns.items():
+        if args.only in (None, name):
+            fn(*sizes[name][0 if args.quick else 1], r)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class SolveSpec:
     scaling: float | None = None
     backend: str = "auto"
     init: tuple[torch.Tensor, torch.Tensor] | None = None
+    n_threads: int = 0
     solution: Solution | None = None
 
 
@@ -79,6 +80,7 @@ class _EnvelopeValue(torch.autograd.Function):
         sol = solve_potentials(
             a=a, b=b, eps=spec.eps, tol=spec.tol, max_iter=spec.max_iter, C=C, x=x, y=y,
             cost=spec.cost, scaling=spec.scaling, init=spec.init, backend=spec.backend,
+            n_threads=spec.n_threads,
         )
         spec.solution = sol
         f, g = sol.f, sol.g
@@ -182,7 +184,7 @@ class _ImplicitPotentials(torch.autograd.Function):
     def forward(ctx, spec: SolveSpec, state: ImplicitState, C, a, b):  # noqa: D102
         sol = solve_potentials(
             a=a, b=b, eps=spec.eps, tol=spec.tol, max_iter=spec.max_iter, C=C,
-            scaling=spec.scaling, init=spec.init, backend=spec.backend,
+            scaling=spec.scaling, init=spec.init, backend=spec.backend, n_threads=spec.n_threads,
         )
         spec.solution = sol
         f, g = _gauge(sol.f.to(C.dtype), sol.g.to(C.dtype))

@@ -225,12 +225,12 @@ def _unrolled(C, a, b, eps, tol, max_iter, schedule, init):
 
 
 def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, backend, state,
-           C=None, x=None, y=None, cost=None, batched=True, inputs=()):
+           C=None, x=None, y=None, cost=None, batched=True, inputs=(), n_threads=0):
     """Shared driver: batch tensors in, :class:`SinkhornOutput` (batched) out."""
     dense = C is not None
     C_fn = (lambda: C) if dense else (lambda: pairwise_cost(x, y, cost))
     spec = SolveSpec(eps=eps, tol=tol, max_iter=max_iter, cost=cost, scaling=scaling,
-                     backend=backend, init=init)
+                     backend=backend, init=init, n_threads=int(n_threads))
     if grad in ("envelope", "detach"):
         if grad == "detach":
             a, b = a.detach(), b.detach()
@@ -279,6 +279,7 @@ def sinkhorn(
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     backend: str = "auto",
     implicit_state: ImplicitState | None = None,
+    n_threads: int = 0,
 ) -> SinkhornOutput:
     """Entropic OT between weights ``a``, ``b`` for the cost ``C``, differentiable in torch.
 
@@ -313,6 +314,8 @@ def sinkhorn(
         log-domain torch code on any device; "auto" picks compiled for CPU tensors.
     implicit_state : ImplicitState, optional
         CG settings and warm start of the implicit backward pass (reuse one across steps).
+    n_threads : int
+        Threads of the compiled kernels (0 = all; problems below 500×500 use one thread).
 
     Returns
     -------
@@ -342,7 +345,7 @@ def sinkhorn(
     _check_backend(backend, Cb)
     return _solve(a=a_, b=b_, eps=eps, grad=grad, tol=tol, max_iter=int(max_iter),
                   scaling=_scaling(epsilon_scaling), init=init, backend=backend,
-                  state=implicit_state, C=Cb, batched=batched, inputs=(a, b, C))
+                  state=implicit_state, C=Cb, batched=batched, inputs=(a, b, C), n_threads=n_threads)
 
 
 def _scaling(s):
@@ -412,6 +415,7 @@ def sinkhorn_divergence(
     implicit_state: ImplicitState | None = None,
     init: dict | None = None,
     return_outputs: bool = False,
+    n_threads: int = 0,
 ):
     """Sinkhorn divergence between weighted point clouds (Feydy et al., AISTATS 2019).
 
@@ -431,7 +435,7 @@ def sinkhorn_divergence(
         Weights (uniform when None), probability vectors.
     cost : {"sqeuclidean", "half_sqeuclidean", "euclidean"} or callable
         Ground cost; a callable ``(x, y) -> C`` works on batches ``(B, n, d)`` and uses the torch path.
-    debias, grad, tol, max_iter, epsilon_scaling, backend, implicit_state
+    debias, grad, tol, max_iter, epsilon_scaling, backend, implicit_state, n_threads
         As in :func:`sinkhorn`; ``grad="envelope"`` keeps memory O(n + m) on the CPU kernels.
     init : dict, optional
         Warm starts ``{"xy": (f, g), "xx": ..., "yy": ...}`` (batch shapes), e.g. from the previous
@@ -469,7 +473,7 @@ def sinkhorn_divergence(
     scaling = _scaling(epsilon_scaling)
     init = init or {}
     common = dict(eps=eps, grad=grad, tol=tol, max_iter=int(max_iter), scaling=scaling,
-                  backend=backend, state=implicit_state, cost=cost, batched=True)
+                  backend=backend, state=implicit_state, cost=cost, batched=True, n_threads=n_threads)
     inputs = (x, y, a, b)
     outs = {"xy": _solve(a=a_, b=b_, x=xb, y=yb, init=init.get("xy"), inputs=inputs, **common)}
     val = outs["xy"].value - eps * (_entropy_term(a_) + _entropy_term(b_))
@@ -504,7 +508,7 @@ class SinkhornLoss(torch.nn.Module):
         Start each call from the potentials of the previous call when the shapes match
         (training loops move the clouds a little per step, so fewer iterations are needed).
     **options
-        ``tol``, ``max_iter``, ``epsilon_scaling``, ``backend``, ``implicit_state``.
+        ``tol``, ``max_iter``, ``epsilon_scaling``, ``backend``, ``implicit_state``, ``n_threads``.
     """
 
     def __init__(self, epsilon: float = 0.05, cost: CostSpec = "sqeuclidean", debias: bool = True,
@@ -515,7 +519,7 @@ class SinkhornLoss(torch.nn.Module):
         self.debias = bool(debias)
         self.grad = _mode(grad)
         self.warm_start = bool(warm_start)
-        allowed = {"tol", "max_iter", "epsilon_scaling", "backend", "implicit_state"}
+        allowed = {"tol", "max_iter", "epsilon_scaling", "backend", "implicit_state", "n_threads"}
         unknown = set(options) - allowed
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
