@@ -1,0 +1,218 @@
+"""Sinkhorn-Newton-Sparse vs RegOT, otsolve Sinkhorn and POT (issue 3 targets).
+
+Three parts, every method in the same run (medians over repeats, runs interleaved so that the
+load of a shared machine hits all methods alike):
+
+1. random assignment: C_ij ~ U[0,1], uniform weights, eta = 1/eps = 1200, L1 marginal tol 1e-8:
+   otsolve SNS, RegOT ``sinkhorn_ssns`` and ``sinkhorn_newton``, otsolve Sinkhorn (plain);
+2. images: W2 between 28x28 digit images (scikit-learn digits upsampled) as histograms on the
+   pixel grid, squared-Euclidean cost scaled to max 1, eps = 0.01 and 0.002: otsolve SNS,
+   otsolve Sinkhorn, RegOT ``sinkhorn_ssns``, POT ``sinkhorn_log`` (iteration capped);
+3. scaling: n = 2000 and 5000 random problems at eta = 1200: SNS time per Newton step and
+   total, against otsolve Sinkhorn given the same or a larger time budget.
+
+``python bench/bench_sns.py --quick`` runs tiny sizes (CI); ``--out FILE`` writes the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+import otsolve
+from otsolve.solvers.sns import SinkhornNewtonSparse
+
+try:
+    import regot
+except ImportError:  # pragma: no cover
+    regot = None
+try:
+    import ot
+except ImportError:  # pragma: no cover
+    ot = None
+
+LINES: list[str] = []
+
+
+def emit(line: str = "") -> None:
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def marginal_err(P, a, b) -> float:
+    return float(np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum())
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def run_sns(C, a, b, eps, tol, **kw):
+    prob = otsolve.LinearProblem(C, a, b, epsilon=eps)
+    res = SinkhornNewtonSparse(tol=tol, warn=False, **kw)(prob)
+    return dict(err=res.marginal_error, iters=f"{res.n_sinkhorn}+{res.n_newton}",
+                conv=res.converged, cg=sum(res.cg_iterations), res=res)
+
+
+def run_sinkhorn(C, a, b, eps, tol, max_iter):
+    prob = otsolve.LinearProblem(C, a, b, epsilon=eps)
+    res = otsolve.Sinkhorn(tol=tol, max_iter=max_iter, warn=False, n_threads=1 if C.size < 1 << 20 else 0)(prob)
+    return dict(err=res.marginal_error, iters=str(res.n_iter), conv=res.converged, res=res)
+
+
+def run_regot(name, C, a, b, eps, tol, max_iter=1000):
+    fn = getattr(regot, name)
+    r = fn(C, a, b, eps, tol=tol, max_iter=max_iter)
+    err = marginal_err(r.plan, a, b)
+    return dict(err=err, iters=str(r.niter), conv=err <= tol * 10, res=r)
+
+
+def run_pot(C, a, b, eps, tol, max_iter):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        P, log = ot.sinkhorn(a, b, C, eps, method="sinkhorn_log", stopThr=tol, numItermax=max_iter,
+                             log=True)
+    err = marginal_err(P, a, b)
+    return dict(err=err, iters=str(log.get("niter", max_iter)), conv=err <= tol, res=None)
+
+
+def compare(title, C, a, b, eps, tol, methods, repeats):
+    """Run each method ``repeats`` times interleaved; print one table row per method."""
+    times = {name: [] for name in methods}
+    outs = {}
+    for r in range(repeats):
+        for name, fn in methods.items():
+            if r > 0 and getattr(fn, "once", False):
+                continue
+            dt, out = timed(lambda: fn(C, a, b, eps, tol))
+            times[name].append(dt)
+            outs[name] = out
+    ref = statistics.median(times["otsolve SNS"])
+    emit(f"\n**{title}** (eps = {eps:.3g}, tol = {tol:g}, medians over {repeats} runs)\n")
+    emit("| method | time (s) | time / SNS | iterations | marginal L1 error | converged |")
+    emit("|---|---|---|---|---|---|")
+    for name in methods:
+        t = statistics.median(times[name])
+        o = outs[name]
+        n_runs = len(times[name])
+        emit(f"| {name}{'' if n_runs == repeats else f' ({n_runs} run)'} | {t:.4g} | {t / ref:.3g}x "
+             f"| {o['iters']} | {o['err']:.2e} | {o['conv']} |")
+    return times, outs
+
+
+def once(fn):
+    fn.once = True
+    return fn
+
+
+def random_assignment(n, eta, tol, repeats, sinkhorn_iters):
+    rng = np.random.default_rng(0)
+    C = rng.random((n, n))
+    a = np.full(n, 1.0 / n)
+    methods = {"otsolve SNS": lambda C, a, b, e, t: run_sns(C, a, b, e, t)}
+    if regot is not None:
+        methods["RegOT sinkhorn_ssns"] = lambda C, a, b, e, t: run_regot("sinkhorn_ssns", C, a, b, e, t)
+        methods["RegOT sinkhorn_newton (dense)"] = once(
+            lambda C, a, b, e, t: run_regot("sinkhorn_newton", C, a, b, e, t))
+    methods["otsolve Sinkhorn"] = once(
+        lambda C, a, b, e, t: run_sinkhorn(C, a, b, e, t, sinkhorn_iters))
+    compare(f"Random assignment, n = {n}, eta = {eta}", C, a, a, 1.0 / eta, tol, methods, repeats)
+
+
+def digit_images(size: int):
+    from scipy.ndimage import zoom
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images  # 8x8, values 0..16
+    imgs = [np.clip(zoom(digits[i], size / 8.0, order=1), 0, None) for i in (0, 1, 3, 8)]
+    # A small floor keeps every pixel in the support (RegOT and POT need positive weights).
+    return [(im + 1e-3 * im.max()).ravel() / (im + 1e-3 * im.max()).sum() for im in imgs]
+
+
+def images(size, eps_list, tol, repeats, pot_iters, sinkhorn_iters):
+    g = np.arange(size, dtype=float)
+    xy = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    C = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    C /= C.max()
+    imgs = digit_images(size)
+    for (i, j) in [(0, 1), (2, 3)]:
+        a, b = imgs[i], imgs[j]
+        for eps in eps_list:
+            methods = {"otsolve SNS": lambda C, a, b, e, t: run_sns(C, a, b, e, t)}
+            methods["otsolve Sinkhorn"] = once(
+                lambda C, a, b, e, t: run_sinkhorn(C, a, b, e, t, sinkhorn_iters))
+            if regot is not None:
+                methods["RegOT sinkhorn_ssns"] = lambda C, a, b, e, t: run_regot(
+                    "sinkhorn_ssns", C, a, b, e, t)
+            if ot is not None:
+                methods[f"POT sinkhorn_log (<= {pot_iters} its)"] = once(
+                    lambda C, a, b, e, t: run_pot(C, a, b, e, t, pot_iters))
+            compare(f"Images {size}x{size}, digits pair {(i, j)}", C, a, b, eps, tol, methods, repeats)
+
+
+def scaling(sizes, eta, tol, repeats):
+    emit(f"\n**Scaling** (random C ~ U[0,1], eta = {eta}, tol = {tol:g}; Sinkhorn given a time "
+         "budget >= the SNS time)\n")
+    emit("| n | SNS time (s) | Sinkhorn+Newton its | Newton-stage time / step (s) | per step / n^2 (ns) "
+         "| CG its / step | Sinkhorn its in budget | Sinkhorn time (s) | Sinkhorn error at stop | ratio |")
+    emit("|---|---|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        rng = np.random.default_rng(0)
+        C = rng.random((n, n))
+        a = np.full(n, 1.0 / n)
+        ts, outs = [], None
+        for _ in range(repeats):
+            dt, outs = timed(lambda: run_sns(C, a, a, 1.0 / eta, tol))
+            ts.append(dt)
+        t_sns = statistics.median(ts)
+        res = outs["res"]
+        newton_time = res.time - res.sinkhorn_time
+        per_step = newton_time / max(res.n_newton, 1)
+        # Sinkhorn: time one block of iterations, then run enough to exceed the SNS time.
+        prob = otsolve.LinearProblem(C, epsilon=1.0 / eta)
+        probe_t, _ = timed(lambda: otsolve.Sinkhorn(tol=tol, max_iter=20, warn=False)(prob))
+        iters = int(max(50, 1.5 * t_sns / (probe_t / 20)))
+        t_sk, sk = timed(lambda: otsolve.Sinkhorn(tol=tol, max_iter=iters, warn=False)(prob))
+        emit(f"| {n} | {t_sns:.3g} | {res.n_sinkhorn}+{res.n_newton} | {per_step:.3g} | "
+             f"{per_step / n**2 * 1e9:.3g} | {np.mean(res.cg_iterations):.0f} | {sk.n_iter} | {t_sk:.3g} | "
+             f"{sk.marginal_error:.2e}{' (converged)' if sk.converged else ''} | "
+             f"{t_sk / t_sns:.3g}x |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--out", help="also write the tables (markdown) to this file")
+    parser.add_argument("--parts", default="random,images,scaling")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    emit(f"otsolve SNS benchmark ({'quick' if args.quick else 'full'}); regot "
+         f"{'yes' if regot else 'missing'}, POT {getattr(ot, '__version__', 'missing')}")
+    if args.quick:
+        if "random" in parts:
+            random_assignment(200, 1200, 1e-8, repeats=3, sinkhorn_iters=20_000)
+        if "images" in parts:
+            images(12, [0.01], 1e-8, repeats=2, pot_iters=500, sinkhorn_iters=20_000)
+        if "scaling" in parts:
+            scaling([300], 1200, 1e-8, repeats=1)
+    else:
+        if "random" in parts:
+            random_assignment(500, 1200, 1e-8, repeats=7, sinkhorn_iters=100_000)
+        if "images" in parts:
+            images(28, [0.01, 0.002], 1e-8, repeats=3, pot_iters=3000, sinkhorn_iters=100_000)
+        if "scaling" in parts:
+            scaling([2000, 5000], 1200, 1e-8, repeats=1)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(LINES) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
