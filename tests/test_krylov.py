@@ -261,3 +261,31 @@ def test_solve_sequence_returns_caller_order():
     np.testing.assert_allclose(X2, X, rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="params"):
         solve_sequence([(S.A, S.b) for S in systems], sort=True)
+
+
+def test_shrink_and_warm_start():
+    """shrink=True trims the carried space after very short (strongly preconditioned) solves;
+    x0='previous' warm-starts from the last solution. Both still solve exactly."""
+    systems = [make_system("darcy", 24, i, 2) for i in range(5)]
+    from otsolve.krylov import make_preconditioner
+
+    full = RecyclingSolver(rtol=1e-9, restart=20, k=10)
+    small = RecyclingSolver(rtol=1e-9, restart=20, k=10, shrink=True)
+    warm = RecyclingSolver(rtol=1e-9, restart=20, k=10, x0="previous")
+    for S in systems:
+        M = make_preconditioner(S.A, "ilu")
+        for solver in (full, small, warm):
+            x = solver.solve(S.A, S.b, M=M)
+            assert _relres(S.A, x, S.b) <= 1e-9
+    assert small.space.k <= max(small.stats["iterations"][-1], 1) < full.space.k
+    assert sum(small.stats["matvecs"]) < sum(full.stats["matvecs"])
+    assert warm.summary()["unconverged"] == 0
+    with pytest.raises(ValueError, match="x0"):
+        RecyclingSolver(x0="last")
+
+
+def test_lazy_package_access():
+    import otsolve
+
+    assert otsolve.krylov.gcrodr is gcrodr
+    assert callable(otsolve.pde.darcy)

@@ -79,7 +79,7 @@ def _givens(a, b):
 
 def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart=40, k=20,
             recycle: RecycleSpace | None = None, callback: Callable | None = None,
-            reuse_C: bool = True) -> tuple[np.ndarray, int, SolveStats]:
+            reuse_C: bool = True, shrink: bool = False) -> tuple[np.ndarray, int, SolveStats]:
     t_start = time.perf_counter()
     Aop, Mop, b, x, dtype, rtol, atol, maxiter = prepare(A, b, x0, M, rtol, atol, maxiter)
     if isinstance(restart, bool) or not isinstance(restart, (int, np.integer)) or restart < 1:
@@ -304,6 +304,14 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
     st.info = info
     st.recycle_dim = kc
     if recycle is not None and kc:
+        # optional: carry no more vectors than Arnoldi steps this solve needed (cf. HPDDM shrinking
+        # the space when a solve converges in < k steps): with a strong preconditioner the k
+        # mat-vecs for A U can exceed the work the space saves; off by default because cutting
+        # columns can drop deflated directions that the next solve needs
+        keep = min(kc, max(st.iterations, 1)) if shrink else kc
+        U = U[:keep]
+        Upre = Upre[:keep] if Upre is not None else None
+        kc = keep
         recycle.U, recycle.C, recycle.U_pre = U, np.ascontiguousarray(W[:kc]), Upre
         recycle.A_ref, recycle.M_ref, recycle.method = A, M, "gcrodr"
     if recycle is not None:

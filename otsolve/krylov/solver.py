@@ -36,6 +36,10 @@ class RecyclingSolver:
         ``False`` resets the space before every system (GMRES-DR / plain CG control).
     ell : int, optional
         rcg only: search directions kept for the Rayleigh-Ritz update.
+    shrink : bool
+        gcrodr only: after a solve that took fewer Arnoldi steps than the space has vectors,
+        keep only that many (saves the per-system ``A U`` products when a strong
+        preconditioner makes solves very short; can lose useful directions otherwise).
 
     Attributes
     ----------
@@ -48,7 +52,7 @@ class RecyclingSolver:
 
     def __init__(self, method: str = "gcrodr", *, restart: int = 40, k: int = 20, rtol: float = 1e-5,
                  atol: float = 0.0, maxiter: int | None = None, x0: str = "zero", recycle: bool = True,
-                 ell: int | None = None) -> None:
+                 ell: int | None = None, shrink: bool = False) -> None:
         if method not in ("gcrodr", "rcg"):
             raise ValueError(f"method must be 'gcrodr' or 'rcg', got {method!r}")
         if x0 not in ("zero", "previous"):
@@ -58,7 +62,7 @@ class RecyclingSolver:
         check_tolerances(rtol, atol)
         self.method, self.restart, self.k = method, int(restart), int(k)
         self.rtol, self.atol, self.maxiter = rtol, atol, maxiter
-        self.x0, self.recycle, self.ell = x0, bool(recycle), ell
+        self.x0, self.recycle, self.ell, self.shrink = x0, bool(recycle), ell, bool(shrink)
         self.space = RecycleSpace()
         self._prev: np.ndarray | None = None
         self.stats: dict[str, list] = {f: [] for f in _STAT_FIELDS}
@@ -71,7 +75,7 @@ class RecyclingSolver:
             x0 = self._prev
         kw = dict(rtol=self.rtol, atol=self.atol, maxiter=self.maxiter, M=M, k=self.k, recycle=self.space)
         if self.method == "gcrodr":
-            x, info, st = _gcrodr(A, b, x0, restart=self.restart, **kw)
+            x, info, st = _gcrodr(A, b, x0, restart=self.restart, shrink=self.shrink, **kw)
         else:
             x, info, st = _rcg(A, b, x0, ell=self.ell, **kw)
         self._record(st)
