@@ -127,15 +127,17 @@ class EOTMixture:
         m = 1 if n is None else n
         B = x.shape[0]
         lw = self.conditional_log_weights(x)
-        k = np.argmax(lw[:, None, :] + rng.gumbel(size=(B, m, lw.shape[1])), axis=2)
-        means = self._component_means(x)[np.arange(B)[:, None], k]
-        xi = rng.standard_normal((B, m, self.dim)).reshape(-1, self.dim)
-        noise = np.empty_like(xi)
-        flat = k.reshape(-1)
-        for j in range(lw.shape[1]):  # group by component: no (B, n, D, D) gather
-            sel = np.nonzero(flat == j)[0]
-            noise[sel] = xi[sel] @ self._cond_chol[j].T
-        y = means + noise.reshape(B, m, self.dim)
+        k = np.argmax(lw[:, None, :] + rng.gumbel(size=(B, m, lw.shape[1])), axis=2).reshape(-1)
+        xi = rng.standard_normal((B * m, self.dim))
+        rows = np.repeat(np.arange(B), m)
+        y = np.empty_like(xi)
+        eps = self.epsilon
+        for j in range(lw.shape[1]):  # group by component: only the drawn component's mean
+            sel = np.nonzero(k == j)[0]
+            if sel.size:
+                xj = x[rows[sel]]
+                y[sel] = self._cond_shift[j] + xj @ (self.cond_covs[j].T / eps) + xi[sel] @ self._cond_chol[j].T
+        y = y.reshape(B, m, self.dim)
         return y[:, 0] if n is None else y
 
     def sample_target(self, n: int, rng: Any = None) -> np.ndarray:
