@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -42,25 +43,40 @@ struct FormResult {
 };
 
 // Keep the k best (largest L, ties: smaller column) of L[0..m) in idx[0..k), sorted by column.
-// A cheap lower bound of the k-th largest value comes first: split the row into k nonempty
-// blocks; their maxima are k distinct entries, so the k-th largest is >= the smallest block
-// maximum. Only entries >= that bound are candidates (a few times k for typical rows), and the
-// k best candidates are picked by a partial sort. cand is scratch space of length m.
-inline void select_top_k(const double* L, long m, long k, int64_t* idx, int64_t* cand) {
+// Selection by block maxima: split the row into blocks of kBlock entries; the k largest block
+// maxima are k distinct entries, so the k-th largest entry of the row is >= the k-th largest
+// block maximum thr. Only blocks whose maximum reaches thr can hold a kept entry (about k of
+// them), so the scan touches O(k * kBlock) entries instead of m, and the k best candidates are
+// picked by a partial sort. bmax: scratch of m / kBlock + 1 doubles; cand: scratch of m indices.
+constexpr long kBlock = 16;
+
+inline void select_top_k(const double* L, long m, long k, int64_t* idx, double* bmax,
+                         double* bsel, int64_t* cand) {
   // "p before q" = p is better: larger L, or equal L and smaller column.
   auto better = [L](int64_t p, int64_t q) { return L[p] > L[q] || (L[p] == L[q] && p < q); };
-  double thr = std::numeric_limits<double>::infinity();
-  for (long b = 0; b < k; ++b) {
-    const long lo = b * m / k, hi = (b + 1) * m / k;
-    double mx = -std::numeric_limits<double>::infinity();
-#pragma omp simd reduction(max : mx)
-    for (long j = lo; j < hi; ++j) mx = std::max(mx, L[j]);
-    thr = std::min(thr, mx);
-  }
+  const long nb = (m + kBlock - 1) / kBlock;
   long cnt = 0;
-  for (long j = 0; j < m; ++j)
-    if (L[j] >= thr) cand[cnt++] = j;
-  if (cnt < k) {  // only with NaN in the row: take every column in order
+  if (nb >= k) {
+    for (long q = 0; q < nb; ++q) {
+      const long lo = q * kBlock, hi = std::min(m, lo + kBlock);
+      double mx = -std::numeric_limits<double>::infinity();
+#pragma omp simd reduction(max : mx)
+      for (long j = lo; j < hi; ++j) mx = std::max(mx, L[j]);
+      bmax[q] = mx;
+    }
+    std::copy(bmax, bmax + nb, bsel);
+    std::nth_element(bsel, bsel + (k - 1), bsel + nb, std::greater<double>());
+    const double thr = bsel[k - 1];
+    for (long q = 0; q < nb; ++q) {
+      if (!(bmax[q] >= thr)) continue;
+      const long lo = q * kBlock, hi = std::min(m, lo + kBlock);
+      for (long j = lo; j < hi; ++j) {
+        cand[cnt] = j;
+        cnt += (L[j] >= thr);
+      }
+    }
+  }
+  if (cnt < k) {  // short rows (or NaN in the row): every column is a candidate
     cnt = m;
     for (long j = 0; j < m; ++j) cand[j] = j;
   }
@@ -94,6 +110,7 @@ FormResult form_system(const T* C, long n, long m, const double* x, const double
     double* ca = acc[tid].data();
     std::vector<double> lbuf(m), pbuf(m);
     std::vector<int64_t> cbuf(k > 0 ? m : 0);
+    std::vector<double> bbuf(k > 0 ? 2 * (m / kBlock + 1) : 0);
     double* L = lbuf.data();
     double* p = pbuf.data();
     const double* ytp = yt.data();
@@ -124,7 +141,7 @@ FormResult form_system(const T* C, long n, long m, const double* x, const double
       if (k > 0) {
         int64_t* ki = kidx + i * k;
         double* kv = kval + i * k;
-        select_top_k(L, m, k, ki, cbuf.data());
+        select_top_k(L, m, k, ki, bbuf.data(), bbuf.data() + (m / kBlock + 1), cbuf.data());
         for (long t = 0; t < k; ++t) {
           kv[t] = p[ki[t]];
           kept += kv[t];

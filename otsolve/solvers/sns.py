@@ -297,18 +297,50 @@ class SinkhornNewtonSparse:
                    kept_mass=[], fallbacks=[], newton_times=[], sinkhorn_time=0.0)
         sk_budget = [int(self.max_sinkhorn)]
 
+        # Sinkhorn blocks use the lead's stabilized kernel-domain iterations (Gibbs kernel stored
+        # once, no exp per iteration) when it fits in memory; they hand back (status 3) when the
+        # stored kernel underflows, and a few log-domain sweeps then bring the potentials close.
+        use_scaling = hasattr(SK, "sinkhorn_scaling_dense") and C.size * C.itemsize <= 2e9
+        workspace: list = [None]
+
+        def record(it: int, errs) -> None:
+            sk_budget[0] -= it
+            rec["n_sinkhorn"] += it
+            errors.extend(errs[1:] if errors else errs)
+
         def sinkhorn(iters: int, stop_tol: float, omega: float = 1.0) -> tuple[float, int]:
             """Run up to ``iters`` Sinkhorn iterations in place; (error, kernel status).
 
             ``omega = 1`` is plain Sinkhorn (the warm-up, as in the paper); ``omega <= 0`` lets
             the kernel over-relax adaptively (used where Sinkhorn only has to make progress).
             """
-            iters = min(iters, sk_budget[0])
-            it, st, errs = SK.sinkhorn_dense(C, log_a, log_b, x, y, eps, iters, stop_tol, nt, omega)
-            sk_budget[0] -= it
-            rec["n_sinkhorn"] += it
-            errors.extend(errs[1:] if errors else errs)
-            return (float(errs[-1]) if len(errs) else float("inf")), st
+            left = min(iters, sk_budget[0])
+            err_last, st = float("inf"), 1
+            for attempt in range(3):
+                if left <= 0:
+                    break
+                # the kernel-domain pass pays off only over several iterations (one exp pass
+                # fills the stored kernel)
+                if use_scaling and left >= 8 and attempt < 2:
+                    if workspace[0] is None:
+                        workspace[0] = np.empty_like(C)
+                    it, st, errs = SK.sinkhorn_scaling_dense(C, log_a, log_b, x, y, eps, left,
+                                                             stop_tol, nt, workspace[0], 50.0, omega)
+                    record(it, errs)
+                    left -= it
+                    err_last = float(errs[-1]) if len(errs) else err_last
+                    if st != 3:
+                        return err_last, st
+                    n_log = min(10, left)  # underflow: a few log-domain sweeps, then retry
+                else:
+                    n_log = left
+                it, st, errs = SK.sinkhorn_dense(C, log_a, log_b, x, y, eps, n_log, stop_tol, nt, omega)
+                record(it, errs)
+                left -= it
+                err_last = float(errs[-1]) if len(errs) else err_last
+                if st != 1:
+                    return err_last, st
+            return err_last, st
 
         def finish(status: str, message: str, xb, yb) -> dict:
             rec.update(x=xb, y=yb, status=status, message=message, errors=errors, k_row=k)
