@@ -60,9 +60,13 @@ def run_sns(C, a, b, eps, tol, **kw):
                 conv=res.converged, cg=sum(res.cg_iterations), res=res)
 
 
-def run_sinkhorn(C, a, b, eps, tol, max_iter):
+def run_sinkhorn(C, a, b, eps, tol, max_iter, plain=False):
+    """otsolve Sinkhorn: default (adaptive over-relaxation, kernel-domain mode) or plain
+    (omega = 1, log-domain sweeps: the textbook algorithm)."""
     prob = otsolve.LinearProblem(C, a, b, epsilon=eps)
-    res = otsolve.Sinkhorn(tol=tol, max_iter=max_iter, warn=False, n_threads=1 if C.size < 1 << 20 else 0)(prob)
+    opts = dict(omega=1.0, mode="log") if plain else {}
+    res = otsolve.Sinkhorn(tol=tol, max_iter=max_iter, warn=False,
+                           n_threads=1 if C.size < 1 << 20 else 0, **opts)(prob)
     return dict(err=res.marginal_error, iters=str(res.n_iter), conv=res.converged, res=res)
 
 
@@ -111,7 +115,7 @@ def once(fn):
     return fn
 
 
-def random_assignment(n, eta, tol, repeats, sinkhorn_iters):
+def random_assignment(n, eta, tol, repeats, sinkhorn_iters, bcd=False):
     rng = np.random.default_rng(0)
     C = rng.random((n, n))
     a = np.full(n, 1.0 / n)
@@ -120,8 +124,13 @@ def random_assignment(n, eta, tol, repeats, sinkhorn_iters):
         methods["RegOT sinkhorn_ssns"] = lambda C, a, b, e, t: run_regot("sinkhorn_ssns", C, a, b, e, t)
         methods["RegOT sinkhorn_newton (dense)"] = once(
             lambda C, a, b, e, t: run_regot("sinkhorn_newton", C, a, b, e, t))
-    methods["otsolve Sinkhorn"] = once(
+    methods["otsolve Sinkhorn (plain: omega=1, log)"] = once(
+        lambda C, a, b, e, t: run_sinkhorn(C, a, b, e, t, sinkhorn_iters, plain=True))
+    methods["otsolve Sinkhorn (default: over-relaxed)"] = once(
         lambda C, a, b, e, t: run_sinkhorn(C, a, b, e, t, sinkhorn_iters))
+    if bcd and regot is not None:
+        methods["RegOT sinkhorn_bcd (plain Sinkhorn)"] = once(
+            lambda C, a, b, e, t: run_regot("sinkhorn_bcd", C, a, b, e, t, max_iter=100_000))
     compare(f"Random assignment, n = {n}, eta = {eta}", C, a, a, 1.0 / eta, tol, methods, repeats)
 
 
@@ -135,7 +144,7 @@ def digit_images(size: int):
     return [(im + 1e-3 * im.max()).ravel() / (im + 1e-3 * im.max()).sum() for im in imgs]
 
 
-def images(size, eps_list, tol, repeats, pot_iters, sinkhorn_iters):
+def images(size, eps_list, tol, repeats, pot_iters, sinkhorn_iters, pot_min_eps=0.0):
     g = np.arange(size, dtype=float)
     xy = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
     C = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
@@ -150,7 +159,7 @@ def images(size, eps_list, tol, repeats, pot_iters, sinkhorn_iters):
             if regot is not None:
                 methods["RegOT sinkhorn_ssns"] = lambda C, a, b, e, t: run_regot(
                     "sinkhorn_ssns", C, a, b, e, t)
-            if ot is not None:
+            if ot is not None and eps >= pot_min_eps:
                 methods[f"POT sinkhorn_log (<= {pot_iters} its)"] = once(
                     lambda C, a, b, e, t: run_pot(C, a, b, e, t, pot_iters))
             compare(f"Images {size}x{size}, digits pair {(i, j)}", C, a, b, eps, tol, methods, repeats)
@@ -189,23 +198,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--out", help="also write the tables (markdown) to this file")
-    parser.add_argument("--parts", default="random,images,scaling")
+    parser.add_argument("--parts", default="random,images,scaling",
+                        help="comma-separated parts; add 'bcd' to also run RegOT sinkhorn_bcd "
+                             "(minutes) in the random-assignment part")
     args = parser.parse_args()
     parts = args.parts.split(",")
     emit(f"otsolve SNS benchmark ({'quick' if args.quick else 'full'}); regot "
          f"{'yes' if regot else 'missing'}, POT {getattr(ot, '__version__', 'missing')}")
     if args.quick:
         if "random" in parts:
-            random_assignment(200, 1200, 1e-8, repeats=3, sinkhorn_iters=20_000)
+            random_assignment(200, 1200, 1e-8, repeats=3, sinkhorn_iters=5_000)
         if "images" in parts:
             images(12, [0.01], 1e-8, repeats=2, pot_iters=500, sinkhorn_iters=20_000)
         if "scaling" in parts:
             scaling([300], 1200, 1e-8, repeats=1)
     else:
         if "random" in parts:
-            random_assignment(500, 1200, 1e-8, repeats=7, sinkhorn_iters=100_000)
+            random_assignment(500, 1200, 1e-8, repeats=7, sinkhorn_iters=100_000, bcd="bcd" in parts)
         if "images" in parts:
-            images(28, [0.01, 0.002], 1e-8, repeats=3, pot_iters=3000, sinkhorn_iters=100_000)
+            images(28, [0.01, 0.002], 1e-8, repeats=3, pot_iters=1000, sinkhorn_iters=100_000,
+                   pot_min_eps=0.01)
         if "scaling" in parts:
             scaling([2000, 5000], 1200, 1e-8, repeats=1)
     if args.out:
