@@ -4,7 +4,12 @@ import pytest
 
 from otsolve.kernels import HAVE_COMPILED, get_sinkhorn_kernels, reference
 
-pytestmark = pytest.mark.skipif(not HAVE_COMPILED, reason="compiled extension not built")
+
+def test_compiled_extension_is_built():
+    # `pip install .` must build csrc/: a silent fallback to the NumPy reference is a failure here
+    assert HAVE_COMPILED, "otsolve._ext_sinkhorn is missing: the package was not built/installed"
+
+
 K = get_sinkhorn_kernels(compiled=True)
 
 

@@ -20,8 +20,26 @@ except ImportError:  # pragma: no cover - source checkout without a build
     HAVE_COMPILED = False
 
 
+_warned = False
+
+
 def get_sinkhorn_kernels(compiled: bool = True) -> ModuleType:
-    """Module with ``sinkhorn_dense``, ``sinkhorn_pointcloud``, ``plan_stats_*``."""
+    """Module with ``sinkhorn_dense``, ``sinkhorn_pointcloud``, ``plan_stats_*``.
+
+    Without a build (e.g. importing from a source checkout) the NumPy references are used, with
+    one warning: they give the same answers, orders of magnitude slower.
+    """
+    global _warned
     if compiled and _compiled_sinkhorn is not None:
         return _compiled_sinkhorn
+    if compiled and not _warned:
+        import warnings
+
+        warnings.warn(
+            "otsolve's compiled kernels are not available (a source checkout without a build?); "
+            "using the slow NumPy reference. Install with `pip install .`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _warned = True
     return reference
