@@ -49,6 +49,8 @@ __all__ = [
 # below this k the selection keeps a sorted insertion buffer (O(n) for typical data);
 # above it one partial selection (np.partition) finds the k-th value, then ties are resolved
 _SMALL_K = 24
+# cost entries from which the kernels run the columns in parallel
+PARALLEL_MIN_SIZE = 1 << 17
 
 
 # ------------------------------------------------------------------------------------------
@@ -128,89 +130,125 @@ if HAVE_NUMBA:
             cnt = c
         return cnt
 
-    @njit(cache=True, parallel=True)
-    def dual_columns(alpha, beta, CT, k, gamma, idx, tval):
-        """Dual operator on every column ``s_j = alpha + beta_j - c_j``.
+    @njit(cache=True)
+    def _dual_column(j, alpha, beta, CT, k, gamma, idx, tval, out):
+        """Column ``j`` of the dual operator, ``s_j = alpha + beta_j - c_j``."""
+        n = CT.shape[1]
+        x = np.empty(n)
+        for i in range(n):
+            x[i] = alpha[i] + beta[j] - CT[j, i]
+        vbuf = np.empty(max(k, 1))
+        ibuf = np.empty(max(k, 1), dtype=np.int64)
+        cnt = _topk_sorted(x, k, vbuf, ibuf, True)
+        s = 0.0
+        for r in range(k):
+            if r < cnt:
+                v = vbuf[r]
+                s += v * v
+                idx[j, r] = ibuf[r]
+                tval[j, r] = v / gamma
+            else:
+                idx[j, r] = -1
+                tval[j, r] = 0.0
+        out[j] = s / (2.0 * gamma)
 
-        Fills ``idx``/``tval`` (shape (m, k)) with the plan ``[s_ij]_+/gamma`` on the top-k rows
-        and returns the per-column values ``delta_k(s_j)`` (shape (m,)).
-        """
-        m, n = CT.shape
-        out = np.zeros(m)
-        for j in prange(m):
-            x = np.empty(n)
+    @njit(cache=True)
+    def _semi_dual_column(j, alpha, b, CT, k, gamma, idx, tval, beta_out, out):
+        """Column ``j`` of the semi-dual operator, ``x_j = alpha - c_j`` with mass ``b_j``."""
+        n = CT.shape[1]
+        x = np.empty(n)
+        for i in range(n):
+            x[i] = alpha[i] - CT[j, i]
+        bj = b[j]
+        if not bj > 0.0:
+            # no mass: no entries, and a potential that keeps the column empty
+            mx = -np.inf
             for i in range(n):
-                x[i] = alpha[i] + beta[j] - CT[j, i]
-            vbuf = np.empty(max(k, 1))
-            ibuf = np.empty(max(k, 1), dtype=np.int64)
-            cnt = _topk_sorted(x, k, vbuf, ibuf, True)
-            s = 0.0
+                if x[i] > mx:
+                    mx = x[i]
+            beta_out[j] = -mx
             for r in range(k):
-                if r < cnt:
-                    v = vbuf[r]
-                    s += v * v
-                    idx[j, r] = ibuf[r]
-                    tval[j, r] = v / gamma
-                else:
-                    idx[j, r] = -1
-                    tval[j, r] = 0.0
-            out[j] = s / (2.0 * gamma)
+                idx[j, r] = -1
+                tval[j, r] = 0.0
+            out[j] = 0.0
+            return
+        vbuf = np.empty(max(k, 1))
+        ibuf = np.empty(max(k, 1), dtype=np.int64)
+        cnt = _topk_sorted(x, k, vbuf, ibuf, False)
+        scale = gamma * bj
+        # rho = #{r : u_r - (sum_{i<=r} u_i - 1)/r > 0}; the condition holds on a prefix
+        csum = 0.0
+        theta = 0.0
+        for r in range(cnt):
+            u = vbuf[r] / scale
+            csum += u
+            t = (csum - 1.0) / (r + 1)
+            if u - t > 0.0:
+                theta = t
+        val = 0.0
+        for r in range(k):
+            p = vbuf[r] / scale - theta if r < cnt else 0.0
+            if p > 0.0:
+                val += p * vbuf[r] - 0.5 * scale * p * p
+                idx[j, r] = ibuf[r]
+                tval[j, r] = bj * p
+            else:
+                idx[j, r] = -1
+                tval[j, r] = 0.0
+        beta_out[j] = -scale * theta
+        out[j] = val
+
+    # Two drivers per operator: parallel over columns, and serial. A parallel region costs a
+    # thread wake-up (tens of microseconds, milliseconds on an oversubscribed machine) that
+    # dominates small problems, so the dispatchers go parallel only for large ones.
+    @njit(cache=True, parallel=True)
+    def _dual_par(alpha, beta, CT, k, gamma, idx, tval):
+        out = np.zeros(CT.shape[0])
+        for j in prange(CT.shape[0]):
+            _dual_column(j, alpha, beta, CT, k, gamma, idx, tval, out)
+        return out
+
+    @njit(cache=True)
+    def _dual_ser(alpha, beta, CT, k, gamma, idx, tval):
+        out = np.zeros(CT.shape[0])
+        for j in range(CT.shape[0]):
+            _dual_column(j, alpha, beta, CT, k, gamma, idx, tval, out)
         return out
 
     @njit(cache=True, parallel=True)
+    def _semi_par(alpha, b, CT, k, gamma, idx, tval, beta_out):
+        out = np.zeros(CT.shape[0])
+        for j in prange(CT.shape[0]):
+            _semi_dual_column(j, alpha, b, CT, k, gamma, idx, tval, beta_out, out)
+        return out
+
+    @njit(cache=True)
+    def _semi_ser(alpha, b, CT, k, gamma, idx, tval, beta_out):
+        out = np.zeros(CT.shape[0])
+        for j in range(CT.shape[0]):
+            _semi_dual_column(j, alpha, b, CT, k, gamma, idx, tval, beta_out, out)
+        return out
+
+    def dual_columns(alpha, beta, CT, k, gamma, idx, tval):
+        """Dual operator on every column ``s_j = alpha + beta_j - c_j`` (``CT`` is (m, n)).
+
+        Fills ``idx``/``tval`` (shape (m, k)) with the plan ``[s_ij]_+/gamma`` on the top-k rows
+        (padding: index -1, value 0) and returns the per-column values ``delta_k(s_j)``.
+        numba, parallel over columns for large inputs.
+        """
+        fn = _dual_par if CT.size >= PARALLEL_MIN_SIZE else _dual_ser
+        return fn(alpha, beta, CT, k, gamma, idx, tval)
+
     def semi_dual_columns(alpha, b, CT, k, gamma, idx, tval, beta_out):
         """Semi-dual operator on every column ``x_j = alpha - c_j`` with mass ``b_j``.
 
         Fills ``idx``/``tval`` with the plan ``b_j * SparseSimplexProj_k(x_j/(gamma b_j))`` (exactly
         ``b_j`` mass, at most ``k`` nonzeros), ``beta_out[j] = -gamma b_j theta_j`` (the column
         potential for which ``T_ij = [alpha_i + beta_j - C_ij]_+/gamma`` on the support) and
-        returns the per-column values ``max_{k,b_j}(x_j)``.
+        returns the per-column values ``max_{k,b_j}(x_j)``. numba, parallel for large inputs.
         """
-        m, n = CT.shape
-        out = np.zeros(m)
-        for j in prange(m):
-            x = np.empty(n)
-            for i in range(n):
-                x[i] = alpha[i] - CT[j, i]
-            vbuf = np.empty(max(k, 1))
-            ibuf = np.empty(max(k, 1), dtype=np.int64)
-            bj = b[j]
-            if not bj > 0.0:
-                # no mass: no entries, and a potential that keeps the column empty
-                mx = -np.inf
-                for i in range(n):
-                    if x[i] > mx:
-                        mx = x[i]
-                beta_out[j] = -mx
-                for r in range(k):
-                    idx[j, r] = -1
-                    tval[j, r] = 0.0
-                out[j] = 0.0
-                continue
-            cnt = _topk_sorted(x, k, vbuf, ibuf, False)
-            scale = gamma * bj
-            # rho = #{r : u_r - (sum_{i<=r} u_i - 1)/r > 0}; the condition holds on a prefix
-            csum = 0.0
-            theta = 0.0
-            for r in range(cnt):
-                u = vbuf[r] / scale
-                csum += u
-                t = (csum - 1.0) / (r + 1)
-                if u - t > 0.0:
-                    theta = t
-            val = 0.0
-            for r in range(k):
-                p = vbuf[r] / scale - theta if r < cnt else 0.0
-                if p > 0.0:
-                    val += p * vbuf[r] - 0.5 * scale * p * p
-                    idx[j, r] = ibuf[r]
-                    tval[j, r] = bj * p
-                else:
-                    idx[j, r] = -1
-                    tval[j, r] = 0.0
-            beta_out[j] = -scale * theta
-            out[j] = val
-        return out
+        fn = _semi_par if CT.size >= PARALLEL_MIN_SIZE else _semi_ser
+        return fn(alpha, b, CT, k, gamma, idx, tval, beta_out)
 
     @njit(cache=True)
     def scatter_rows(idx, tval, n):
