@@ -28,6 +28,12 @@ class RecycleSpace:
         subspace is kept, never the correctness of the solution.
     last_stats : SolveStats or None
         Counters of the last solve that used this space.
+
+    Notes
+    -----
+    ``C = A U`` is reused without recomputation when the *same object* ``A`` is passed again;
+    after modifying a matrix in place, pass a new object or call :meth:`reset` (a stale ``C``
+    is caught by the final true-residual check, but costs a failed solve).
     """
 
     def __init__(self) -> None:

@@ -6,7 +6,7 @@ Recycling", ICLR 2024 (Algorithm 1: greedy nearest-neighbour chain on the parame
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import scipy.sparse as sp

@@ -1,7 +1,6 @@
 """A stateful solver that carries the recycled space from one ``solve`` call to the next."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
