@@ -32,7 +32,8 @@ _LAZY: dict[str, str] = {
     "BatchedLinearProblem": "otsolve.backends.batched",
     "BatchedSinkhorn": "otsolve.backends.batched",
 }
-_LAZY_MODULES = {"krylov", "pde", "benchmarks", "metrics", "kernels", "backends", "lightsb", "routing"}
+_LAZY_MODULES = {"krylov", "pde", "datagen", "benchmarks", "metrics", "kernels", "backends", "lightsb", "routing",
+                 "torch"}
 
 __all__ = [
     "Geometry",
