@@ -44,6 +44,8 @@ _ALPHA_MIN = 2.0**-30
 # Newton steps without a new smallest marginal error before a Sinkhorn block is run (the
 # error of Newton iterates on F is not monotone, so one bad step is no evidence).
 _PATIENCE = 5
+# Kept-mass fraction below which the plan counts as dense for the automatic switch.
+_DENSE_KEPT = 0.9
 # Inexact-Newton forcing term: CG relative residual min(_FORCING_MAX, err**_FORCING_POW).
 _FORCING_MAX = 1e-1
 _FORCING_POW = 0.5
@@ -125,7 +127,9 @@ class SinkhornNewtonSparse:
         Switch to Newton earlier, as soon as the Sinkhorn error is ``<= switch_tol``.
     auto_switch : bool, default True
         After the warm-up, keep running Sinkhorn while its measured linear rate predicts
-        convergence within ``3 * n_sinkhorn`` more (over-relaxed) iterations (dense plans, large ε: Newton with a
+        convergence within ``3 * n_sinkhorn`` more iterations, and run a block of
+        ``max(10 * n_sinkhorn, 100)`` over-relaxed Sinkhorn iterations before Newton when the
+        kept block holds less than 90 % of the plan's mass (dense plans, large ε: Newton with a
         sparse Hessian would not pay off there). False: switch after exactly ``n_sinkhorn``.
     k_row : int, default 10
         Off-diagonal entries of ``P`` kept per row.
@@ -379,6 +383,18 @@ class SinkhornNewtonSparse:
                                     f"iterations (error {err_sk:.3g})")
             if st == 2 or not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
                 return finish("diverged", "the plan overflows at the Sinkhorn iterate", x, y)
+        kept0 = sys_cur.kept / sys_cur.mass if sys_cur.mass > 0 else 1.0
+        if self.auto_switch and kept0 < _DENSE_KEPT:
+            # The kept block misses most of the plan's mass: a sparse Newton model is poor here
+            # (diffuse plans, e.g. W2 on images at moderate eps), while over-relaxed Sinkhorn
+            # converges fast. Give Sinkhorn a block first; Newton continues from its iterate.
+            n_block = max(10 * self.n_sinkhorn, 100)
+            err_sk, st = sinkhorn(n_block, tol_sk, -1.0)
+            rec["fallbacks"].append(
+                f"dense plan (top-{k} entries per row hold {kept0:.2f} of the mass): ran "
+                f"over-relaxed Sinkhorn iterations first (error {err_sk:.3g})")
+            if st == 2 or not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
+                return finish("diverged", "Sinkhorn block produced non-finite potentials", x, y)
         best = (np.inf, x.copy(), y.copy())
         dz = np.zeros(n + m)
         bad_steps = 0
