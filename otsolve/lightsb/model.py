@@ -11,7 +11,7 @@ on / loaded to CuPy arrays); inputs are moved to that namespace.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def default_lr(epsilon: float) -> float:
     return float(10 ** np.interp(np.log10(epsilon), le, ll))
 
 
-def _check_samples(x, dim: int, name: str, xp=None):
+def _check_samples(x, dim: int, name: str):
     arr = as_float_array(x, name, ndim=2)
     if arr.shape[1] != dim:
         raise ValueError(f"{name} has dimension {arr.shape[1]} but the model has dim={dim}")
