@@ -59,6 +59,7 @@ def main() -> None:
         ax.set_xlabel(xkey)
         ax.set_ylabel("marginal L1 error")
         ax.set_xscale("symlog", linthresh=50 if xkey == "iteration" else 0.05)
+        ax.set_xlim(left=0)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Random assignment, n = {args.n}, eta = {args.eta:g} (shared 2-core VM)")

@@ -308,9 +308,12 @@ class SinkhornNewtonSparse:
         workspace: list = [None]
 
         def record(it: int, errs) -> None:
+            # errs[i] is the error of the i-th iterate of the call, measured at the start of its
+            # sweep; the final iterate of a call that stops at its budget is measured by the next
+            # call (or by the Newton stage), so one entry per iterate overall.
             sk_budget[0] -= it
             rec["n_sinkhorn"] += it
-            errors.extend(errs[1:] if errors else errs)
+            errors.extend(errs)
 
         def sinkhorn(iters: int, stop_tol: float, omega: float = 1.0) -> tuple[float, int]:
             """Run up to ``iters`` Sinkhorn iterations in place; (error, kernel status).
@@ -332,7 +335,7 @@ class SinkhornNewtonSparse:
                                                              stop_tol, nt, workspace[0], 50.0, omega)
                     record(it, errs)
                     left -= it
-                    err_last = float(errs[-1]) if len(errs) else err_last
+                    err_last = float(errs[-1]) if len(errs) else err_last  # last measured
                     if st != 3:
                         return err_last, st
                     n_log = min(10, left)  # underflow: a few log-domain sweeps, then retry
@@ -404,8 +407,7 @@ class SinkhornNewtonSparse:
             grad = np.concatenate([a - sys_cur.row, b - sys_cur.col])
             err = float(np.abs(grad).sum())
             rec["newton_times"].append(time.perf_counter() - t0)
-            if rec["n_newton"] > 0 or not errors:
-                errors.append(err)
+            errors.append(err)
             if err < best[0]:
                 best = (err, x.copy(), y.copy())
                 bad_steps = 0
