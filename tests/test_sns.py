@@ -424,3 +424,18 @@ def test_dense_plan_gets_denser_hessian(rng):
     assert res.converged and res.nnz_per_row > 1
     assert any("slow convergence" in f for f in res.fallbacks)
     np.testing.assert_allclose(res.plan, sinkhorn_reference(C, a, b, 1.0).plan, atol=1e-12)
+
+
+def test_diffuse_plan_switches_to_sinkhorn(rng):
+    """W2 between random 2-D clouds at eps = 0.01: top-10 per row hold < 90 % of the mass, so the
+    automatic switch runs over-relaxed Sinkhorn first (and says so); same optimum."""
+    geom = otsolve.PointCloud(rng.random((150, 2)), rng.random((150, 2)))
+    prob = otsolve.LinearProblem(geom, epsilon=0.01)
+    res = SinkhornNewtonSparse(tol=1e-10)(prob)
+    assert res.converged and res.fallbacks and res.fallbacks[0].startswith("dense plan")
+    sk = sinkhorn_reference(geom.cost_matrix, None, None, 0.01)
+    np.testing.assert_allclose(res.plan, sk.plan, atol=1e-10)
+    # without the automatic switch, Newton with a densified Hessian gets there too
+    res2 = SinkhornNewtonSparse(tol=1e-10, auto_switch=False, max_iter=60)(prob)
+    assert res2.converged and res2.n_newton > 0
+    np.testing.assert_allclose(res2.plan, sk.plan, atol=1e-10)

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import Geometry
 from ..kernels import get_sinkhorn_kernels
 from ..kernels import sns_reference
 from ..problems import LinearProblem
@@ -419,8 +418,9 @@ class SinkhornNewtonSparse:
             if rec["n_newton"] >= self.max_iter:
                 break
             step_errs.append(err)
-            if (self.adaptive_k and len(step_errs) >= 4 and k < m and step_errs[-1] > 0.125 * step_errs[-4]
-                    and rec["kept_mass"] and rec["kept_mass"][-1] < 0.999):
+            slow = len(step_errs) >= 4 and step_errs[-1] > 0.125 * step_errs[-4]
+            if (self.adaptive_k and slow and k < m and rec["kept_mass"]
+                    and rec["kept_mass"][-1] < 0.999):
                 # Slow linear convergence with a lot of mass dropped: the plan is not sparse
                 # enough for k_row (large eps); a denser Hessian restores the Newton rate.
                 k_new = min(2 * k, m)
