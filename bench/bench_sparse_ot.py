@@ -19,6 +19,18 @@ import warnings
 import numpy as np
 
 
+@contextlib.contextmanager
+def _serial_kernels():
+    from otsolve.kernels import topk
+
+    old = topk.PARALLEL_MIN_SIZE
+    topk.PARALLEL_MIN_SIZE = 1 << 62
+    try:
+        yield
+    finally:
+        topk.PARALLEL_MIN_SIZE = old
+
+
 def _median_time(fn, repeats):
     times, out = [], None
     for _ in range(repeats):
@@ -47,6 +59,10 @@ def bench_scot(n, k, gamma, max_iter, tol, repeats, pot_repeats):
                                                max_iter=max_iter, warn=False)
         solver(otsolve.LinearProblem(C[:20, :20], a[:20] * n / 20, b[:20] * n / 20))  # numba warm-up
         t_ots, res = _median_time(lambda: solver(prob), repeats)
+        # the same with the serial kernels (a parallel region is slow on an oversubscribed machine)
+        with _serial_kernels():
+            solver(otsolve.LinearProblem(C[:20, :20], a[:20] * n / 20, b[:20] * n / 20))
+            t_ser, res_ser = _median_time(lambda: solver(prob), repeats)
 
         def run_pot():
             # POT's sparse simplex projection prints on every evaluation: swallow it
@@ -69,6 +85,10 @@ def bench_scot(n, k, gamma, max_iter, tol, repeats, pot_repeats):
                          extra=f"obj {res.value:.9g} vs {pot_val:.9g} (d={res.value - pot_val:+.2e}); "
                                f"its {res.n_iter} vs {pres[-1].nit}; row err {res.marginal_error_a:.2e}; "
                                f"max nnz/col {res.plan_sparse.getnnz(axis=0).max()}"))
+        rows.append(dict(case=f"SCOT {form} n=m={n} k={k} gamma={gamma:g}, serial kernels",
+                         otsolve=t_ser, peer=t_pot,
+                         extra=f"obj {res_ser.value:.9g} (d vs POT {res_ser.value - pot_val:+.2e}); "
+                               f"its {res_ser.n_iter}"))
     return rows
 
 
@@ -97,6 +117,9 @@ def bench_routing(B, T, E, cap, repeats):
                          extra=f"max expert load {int(r.expert_load.max())}, max token load "
                                f"{int(r.token_load.max())}, mean token-mass L1 err "
                                f"{float(r.marginal_error_tokens.mean()):.3g}"))
+        with _serial_kernels():
+            t, r = _median_time(lambda: otsolve.route(scores, c, mode=mode), repeats)
+        rows.append(dict(case=f"route {mode} (serial kernels)", otsolve=t, peer=float("nan"), extra=""))
     return rows
 
 
