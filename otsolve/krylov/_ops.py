@@ -154,3 +154,25 @@ def warn_unconverged(method: str, info: int, rel: float, rtol: float, why: str =
     if why:
         msg += f" ({why})"
     warnings.warn(msg, KrylovWarning, stacklevel=3)
+
+
+_CONTROLLER = None
+
+
+def blas_single_thread():
+    """Context manager limiting BLAS to one thread for a solve (no-op without threadpoolctl).
+
+    The products of the inner iteration are memory-bound n×(≤ 60) gemv's: extra BLAS threads
+    do not help them and, on a shared machine, oversubscription made solves 3× slower.
+    """
+    global _CONTROLLER
+    try:
+        if _CONTROLLER is None:
+            from threadpoolctl import ThreadpoolController
+
+            _CONTROLLER = ThreadpoolController()
+        return _CONTROLLER.limit(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001 - optional dependency
+        import contextlib
+
+        return contextlib.nullcontext()

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.linalg as sla
 
-from ._ops import SolveStats, prepare, warn_unconverged
+from ._ops import SolveStats, blas_single_thread, prepare, warn_unconverged
 from ._recycle import RecycleSpace
 
 __all__ = ["gcrodr"]
@@ -361,6 +361,7 @@ def gcrodr(A: Any, b: Any, x0: Any = None, *, rtol: float = 1e-5, atol: float = 
     M. L. Parks, E. de Sturler, G. Mackey, D. D. Johnson, S. Maiti, SIAM J. Sci. Comput.
     28(5):1651-1674, 2006.
     """
-    x, info, _ = _gcrodr(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, restart=restart,
-                         k=k, recycle=recycle, callback=callback)
+    with blas_single_thread():  # memory-bound block products: threads only oversubscribe
+        x, info, _ = _gcrodr(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, restart=restart,
+                             k=k, recycle=recycle, callback=callback)
     return x, info

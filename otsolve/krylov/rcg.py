@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.linalg as sla
 
-from ._ops import SolveStats, prepare, warn_unconverged
+from ._ops import SolveStats, blas_single_thread, prepare, warn_unconverged
 from ._recycle import RecycleSpace
 
 __all__ = ["rcg"]
@@ -190,6 +190,7 @@ def rcg(A: Any, b: Any, x0: Any = None, *, rtol: float = 1e-5, atol: float = 0.0
     algorithm", SIAM J. Sci. Comput. 21(5):1909-1926, 2000; M. L. Parks et al., SIAM J. Sci.
     Comput. 28(5):1651-1674, 2006.
     """
-    x, info, _ = _rcg(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, k=k, ell=ell,
-                      recycle=recycle, callback=callback)
+    with blas_single_thread():  # memory-bound block products: threads only oversubscribe
+        x, info, _ = _rcg(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, k=k, ell=ell,
+                          recycle=recycle, callback=callback)
     return x, info

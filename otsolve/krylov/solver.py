@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ._ops import SolveStats, check_tolerances
+from ._ops import SolveStats, blas_single_thread, check_tolerances
 from ._recycle import RecycleSpace
 from .gcrodr import _gcrodr
 from .rcg import _rcg
@@ -35,6 +35,9 @@ class RecyclingSolver:
         ``False`` resets the space before every system (GMRES-DR / plain CG control).
     ell : int, optional
         rcg only: search directions kept for the Rayleigh-Ritz update.
+    single_thread_blas : bool
+        Limit BLAS to one thread during each solve (threadpoolctl): the block products are
+        memory-bound and threads oversubscribe shared machines.
     shrink : bool
         gcrodr only: after a solve that took fewer Arnoldi steps than the space has vectors,
         keep only that many (saves the per-system ``A U`` products when a strong
@@ -51,7 +54,7 @@ class RecyclingSolver:
 
     def __init__(self, method: str = "gcrodr", *, restart: int = 40, k: int = 20, rtol: float = 1e-5,
                  atol: float = 0.0, maxiter: int | None = None, x0: str = "zero", recycle: bool = True,
-                 ell: int | None = None, shrink: bool = False) -> None:
+                 ell: int | None = None, shrink: bool = False, single_thread_blas: bool = True) -> None:
         if method not in ("gcrodr", "rcg"):
             raise ValueError(f"method must be 'gcrodr' or 'rcg', got {method!r}")
         if x0 not in ("zero", "previous"):
@@ -62,6 +65,7 @@ class RecyclingSolver:
         self.method, self.restart, self.k = method, int(restart), int(k)
         self.rtol, self.atol, self.maxiter = rtol, atol, maxiter
         self.x0, self.recycle, self.ell, self.shrink = x0, bool(recycle), ell, bool(shrink)
+        self.single_thread_blas = bool(single_thread_blas)
         self.space = RecycleSpace()
         self._prev: np.ndarray | None = None
         self.stats: dict[str, list] = {f: [] for f in _STAT_FIELDS}
@@ -73,10 +77,13 @@ class RecyclingSolver:
         if x0 is None and self.x0 == "previous" and self._prev is not None and self._prev.shape[0] == np.shape(b)[0]:
             x0 = self._prev
         kw = dict(rtol=self.rtol, atol=self.atol, maxiter=self.maxiter, M=M, k=self.k, recycle=self.space)
-        if self.method == "gcrodr":
-            x, info, st = _gcrodr(A, b, x0, restart=self.restart, shrink=self.shrink, **kw)
-        else:
-            x, info, st = _rcg(A, b, x0, ell=self.ell, **kw)
+        import contextlib
+
+        with blas_single_thread() if self.single_thread_blas else contextlib.nullcontext():
+            if self.method == "gcrodr":
+                x, info, st = _gcrodr(A, b, x0, restart=self.restart, shrink=self.shrink, **kw)
+            else:
+                x, info, st = _rcg(A, b, x0, ell=self.ell, **kw)
         self._record(st)
         self._prev = x
         return x
