@@ -289,3 +289,15 @@ def test_lazy_package_access():
 
     assert otsolve.krylov.gcrodr is gcrodr
     assert callable(otsolve.pde.darcy)
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_breakdown_on_inconsistent_system_is_reported(k):
+    """Singular A with b outside its range: the Krylov space becomes invariant; the solver must
+    report the failure (info > 0, warning), not claim convergence."""
+    A = np.diag(np.r_[np.ones(9), 0.0])
+    b = np.ones(10)
+    with pytest.warns(KrylovWarning, match="breakdown"):
+        x, info = gcrodr(A, b, k=k, restart=5)
+    assert info > 0
+    assert np.isclose(np.linalg.norm(b - A @ x) / np.linalg.norm(b), np.sqrt(0.1))  # least-squares residual
