@@ -5,6 +5,7 @@ excluded from the solve times (ILU setup is reported separately); true residuals
 
     python bench/bench_krylov.py --quick
     python bench/bench_krylov.py --family darcy --grid 100 --n 100 --precond none jacobi ilu
+    python bench/bench_krylov.py --family darcy --grid 100 --n 100 --precond jacobi --restart 80 --k 30
     python bench/bench_krylov.py --family darcy3d --grid 40 --n 5 --precond jacobi --methods splu skr
 """
 from __future__ import annotations
@@ -77,8 +78,8 @@ def run_splu(systems, subset):
     return out
 
 
-def run_ours(method, systems, Ms, rtol, order, recycle):
-    solver = RecyclingSolver(method, rtol=rtol, restart=40, k=20, recycle=recycle, maxiter=10_000)
+def run_ours(method, systems, Ms, rtol, order, recycle, restart=40, k=20):
+    solver = RecyclingSolver(method, rtol=rtol, restart=restart, k=k, recycle=recycle, maxiter=10_000)
     res = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -92,7 +93,8 @@ def run_ours(method, systems, Ms, rtol, order, recycle):
     return [res[i] for i in sorted(res)]
 
 
-def bench(family, grid, n, precond, rtol, methods, subset, seed=0, options=None, gmres_subset=None):
+def bench(family, grid, n, precond, rtol, methods, subset, seed=0, options=None, gmres_subset=None,
+          restart=40, k=20):
     options = options or {}
     systems = [make_system(family, grid, i, seed, **options) for i in range(n)]
     t = time.perf_counter()
@@ -114,11 +116,13 @@ def bench(family, grid, n, precond, rtol, methods, subset, seed=0, options=None,
         elif m == "splu":
             rows["splu per system"] = run_splu(systems, n)
         elif m == "reset":
-            rows["gcrodr(40,20) reset"] = run_ours("gcrodr", systems, Ms, rtol, gen, False)
+            rows[f"gcrodr({restart},{k}) reset"] = run_ours("gcrodr", systems, Ms, rtol, gen, False, restart, k)
         elif m == "unsorted":
-            rows["gcrodr(40,20) carry, unsorted"] = run_ours("gcrodr", systems, Ms, rtol, gen, True)
+            rows[f"gcrodr({restart},{k}) carry, unsorted"] = run_ours("gcrodr", systems, Ms, rtol, gen, True,
+                                                                     restart, k)
         elif m == "skr":
-            rows["SKR: sorted + gcrodr carry"] = run_ours("gcrodr", systems, Ms, rtol, order, True)
+            rows[f"SKR: sorted + gcrodr({restart},{k}) carry"] = run_ours("gcrodr", systems, Ms, rtol, order, True,
+                                                                         restart, k)
         elif m == "cg" and spd:
             rows["scipy cg"] = run_scipy("cg", systems, Ms, rtol, n)
         elif m == "rcg" and spd:
@@ -158,6 +162,8 @@ def main() -> int:
                    default=["gmres", "gcrotmk", "splu", "reset", "unsorted", "skr", "cg", "rcg"])
     p.add_argument("--subset", type=int, default=20, help="systems for the slow gcrotmk baseline")
     p.add_argument("--gmres-subset", type=int, default=None, help="systems for GMRES(40) (default: all)")
+    p.add_argument("--restart", type=int, default=40, help="GCRO-DR basis size m (the GMRES baseline keeps 40)")
+    p.add_argument("--k", type=int, default=20, help="GCRO-DR recycle dimension k")
     args = p.parse_args()
     if args.quick:
         args.grid, args.n, args.subset = 24, 8, 4
@@ -165,7 +171,7 @@ def main() -> int:
     for fam in args.family:
         for pc in args.precond:
             bench(fam, args.grid, args.n, None if pc == "none" else pc, args.rtol, args.methods, args.subset,
-                  gmres_subset=args.gmres_subset)
+                  gmres_subset=args.gmres_subset, restart=args.restart, k=args.k)
     return 0
 
 

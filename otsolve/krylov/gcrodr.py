@@ -17,7 +17,7 @@ from ._recycle import RecycleSpace
 
 __all__ = ["gcrodr"]
 
-_REORTH = 0.7071  # DGKS: repeat Gram-Schmidt when the norm drops below this fraction
+_REORTH = 0.1  # selective re-orthogonalisation: repeat Gram-Schmidt only after a 10x norm drop
 
 
 def _pivoted_qr(Y: np.ndarray, rel: float = 1e-12):
@@ -134,11 +134,13 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
 
     # --- storage: rows 0..kc-1 of W hold C, the Arnoldi vectors follow ---------------------------
     W = np.empty((k + m + 1, n), dtype=dtype)
+    W2 = np.empty_like(W) if k else None  # ping-pong buffer: the refreshed C is written here by gemm
     Z = np.empty((m, n), dtype=dtype) if precond else None
     H = np.zeros((k + m + 1, m), dtype=dtype)  # rows 0..kc-1: B = C^H A V; then Hbar
     kc = 0 if C is None else C.shape[0]
     if kc:
         W[:kc] = C
+    CtU = None  # C^H U (U_pre when preconditioned), kept for the harmonic Ritz problem
     info, breakdown, verify_fail = 0, False, 0
     rnorm = float(np.linalg.norm(r))
     why = ""
@@ -254,12 +256,18 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
             d = 1.0 / unorm
             G[:kc, :kc] = np.diag(d)
             G[:kc, kc:] = H[:kc, :j]
-            WhV[:, :kc] = (W[: mm + 1].conj() @ Uref.T) * d if not real else (W[: mm + 1] @ Uref.T) * d
+            # W^H [U D, V]: the C^H U block is carried from the last refresh (small algebra), only
+            # the new Arnoldi rows need an n-sized product
+            Wv = W[kc: mm + 1]
+            WhV[kc:, :kc] = ((Wv @ Uref.T) if real else (Wv.conj() @ Uref.T)) * d
+            if CtU is None or CtU.shape != (kc, kc):
+                CtU = (W[:kc] @ Uref.T) if real else (W[:kc].conj() @ Uref.T)
+            WhV[:kc, :kc] = CtU * d
         G[kc:, kc:] = Hbar
         WhV[kc: kc + j, kc:] = np.eye(j, dtype=dtype)
         GH = G.conj().T
         try:
-            theta, P = sla.eig(GH @ G, GH @ WhV)
+            theta, P = sla.eig(GH @ G, GH @ WhV, check_finite=False)
         except (np.linalg.LinAlgError, ValueError):
             continue  # keep the old space; correctness does not depend on it
         P = _select_ritz(theta, P, min(k, mm), real)[:, : m - 1]  # a kept pair must leave room
@@ -272,20 +280,27 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
         P = P[:, piv]
         coef = sla.solve_triangular(R, np.eye(R.shape[0], dtype=dtype), lower=False)  # R^{-1}
         PR = P @ coef  # (mm, k')
-        # V-hat = [U D, V_j] in solution space (U, Z) and preconditioned space (U_pre, V)
-        top = PR[:kc] * d[:, None] if kc else None
-        newU = (Z[:j] if precond else W[kc: kc + j]).T @ PR[kc:]
+        # V-hat = [U D, V_j] in solution space (U, Z) and preconditioned space (U_pre, V);
+        # every product is (k' x .) @ (. x n) on row-stored vectors: no transposed copies
+        topT = (PR[:kc] * d[:, None]).T if kc else None  # (k', kc)
+        PRt = np.ascontiguousarray(PR[kc:].T)  # (k', j)
+        newU = PRt @ (Z[:j] if precond else W[kc: kc + j])
         if kc:
-            newU += U.T @ top
+            newU += topT @ U
         if precond:
-            newUpre = W[kc: kc + j].T @ PR[kc:]
+            newUpre = PRt @ W[kc: kc + j]
             if kc:
-                newUpre += Upre.T @ top
-            Upre = np.ascontiguousarray(newUpre.T)
-        newC = W[: mm + 1].T @ Q
-        U = np.ascontiguousarray(newU.T)
-        kc = newC.shape[1]
-        W[:kc] = newC.T
+                newUpre += topT @ Upre
+            Upre = newUpre
+        U = newU
+        kn = Q.shape[1]
+        # C_new = W Q, written straight into the other buffer (its rows kn.. get the next Arnoldi basis)
+        QT = np.ascontiguousarray(Q.T)
+        np.matmul(QT, W[: mm + 1], out=W2[:kn])
+        W, W2 = W2, W
+        # C_new^H U_new = Q^H (W^H V-hat) P R^{-1}: exact in exact arithmetic, no n-sized product
+        CtU = (Q.conj().T @ WhV) @ PR
+        kc = kn
         # keep r orthogonal to the new C (exact in exact arithmetic, enforced against drift)
         c = W[:kc] @ r if real else W[:kc].conj() @ r
         r -= W[:kc].T @ c
