@@ -344,3 +344,28 @@ def test_selective_reorthogonalisation_keeps_convergence(monkeypatch, k):
         runs[eta] = st.iterations
     a, b_ = runs.values()
     assert abs(a - b_) <= max(2, 0.02 * b_)
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_cholqr2_rows_orthonormal_and_falls_back(rng, complex_):
+    from otsolve.krylov.gcrodr import _cholqr2_rows
+
+    X = rng.standard_normal((12, 500)) + (1j * rng.standard_normal((12, 500)) if complex_ else 0)
+    X[3] *= 1e-4  # moderately ill-conditioned: still handled by two passes
+    T = _cholqr2_rows(X)
+    Q = T @ X
+    np.testing.assert_allclose(Q @ Q.conj().T, np.eye(12), atol=1e-12)
+    X[5] = X[2] + X[7]  # rank-deficient: Cholesky QR refuses, the caller uses pivoted QR
+    assert _cholqr2_rows(X) is None
+
+
+def test_rank_deficient_recycled_space_is_truncated(rng):
+    """A carried U whose A U is rank-deficient (duplicated vector) is truncated, not trusted."""
+    A = _nonsym(256)
+    space = RecycleSpace()
+    gcrodr(A, rng.standard_normal(256), rtol=1e-8, restart=20, k=8, recycle=space)
+    space.U = np.vstack([space.U, space.U[:1]])
+    space.C = None
+    b = rng.standard_normal(256)
+    x, info, st = _gcrodr(sp.csr_matrix(A * 1.01), b, rtol=1e-8, restart=20, k=8, recycle=space)
+    assert info == 0 and _relres(A * 1.01, x, b) <= 1e-8

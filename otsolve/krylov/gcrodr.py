@@ -30,6 +30,31 @@ def _pivoted_qr(Y: np.ndarray, rel: float = 1e-12):
     return Q[:, :r], R[:r, :r], piv[:r]
 
 
+def _cholqr2_rows(X: np.ndarray, maxcond: float = 1e6):
+    """Cholesky QR applied twice to the rows of ``X`` (k x n): return ``T`` (k x k) with ``T X``
+    orthonormal rows (``(T X)(T X)^H = I``), or ``None`` when ``X`` is too ill-conditioned for
+    it (the caller then falls back to pivoted Householder QR). Two Gram products and two small
+    triangular solves instead of a Householder QR of an n x k matrix."""
+    k = X.shape[0]
+    if k == 0:
+        return None
+    T = np.eye(k, dtype=X.dtype)
+    Y = X
+    for _ in range(2):
+        Gm = Y @ Y.conj().T
+        try:
+            L = np.linalg.cholesky(Gm)
+        except np.linalg.LinAlgError:
+            return None
+        dL = np.abs(np.diag(L))
+        if not np.all(np.isfinite(dL)) or dL.min() <= dL.max() / maxcond:
+            return None
+        Linv = sla.solve_triangular(L, np.eye(k, dtype=X.dtype), lower=True, check_finite=False)
+        T = Linv @ T
+        Y = T @ X
+    return T
+
+
 def _select_ritz(theta: np.ndarray, Z: np.ndarray, k: int, real: bool) -> np.ndarray:
     """Columns of ``Z`` for the ``k`` smallest |theta|; for real problems complex-conjugate
     pairs are kept together (k may grow by one) and replaced by their real and imaginary parts."""
@@ -114,12 +139,20 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
             C = recycle.C.astype(dtype, copy=True)  # same matrix: A U = C still holds
         else:
             AU = Aop.mat(U.T)  # k mat-vecs, one compiled sparse matmat
-            Q, R, piv = _pivoted_qr(np.asarray(AU))
-            Rinv_T = sla.solve_triangular(R, np.eye(R.shape[0], dtype=dtype), lower=False).T
-            C = np.ascontiguousarray(Q.T)
-            U = Rinv_T @ U[piv]
-            if Upre is not None:
-                Upre = Rinv_T @ Upre[piv]
+            X = np.asarray(AU, dtype=dtype).T  # rows A u_i
+            T = _cholqr2_rows(X)
+            if T is not None:  # C = T X orthonormal rows (two BLAS-3 Cholesky-QR passes)
+                C = T @ X
+                U = T @ U
+                if Upre is not None:
+                    Upre = T @ Upre
+            else:  # ill-conditioned or rank-deficient A U: pivoted Householder QR, truncated
+                Q, R, piv = _pivoted_qr(np.asarray(AU))
+                Rinv_T = sla.solve_triangular(R, np.eye(R.shape[0], dtype=dtype), lower=False).T
+                C = np.ascontiguousarray(Q.T)
+                U = Rinv_T @ U[piv]
+                if Upre is not None:
+                    Upre = Rinv_T @ Upre[piv]
             if C.shape[0] == 0:
                 U = C = Upre = None
 
