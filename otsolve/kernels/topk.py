@@ -49,8 +49,10 @@ __all__ = [
 # below this k the selection keeps a sorted insertion buffer (O(n) for typical data);
 # above it one partial selection (np.partition) finds the k-th value, then ties are resolved
 _SMALL_K = 24
-# cost entries from which the kernels run the columns in parallel
-PARALLEL_MIN_SIZE = 1 << 17
+# cost entries from which the kernels run the columns in parallel. One evaluation at n = m = 1000
+# takes ~2 ms serially; numba's parallel region cost 5-48 ms per call on a shared 2-core machine
+# (bench/results/sparse_ot.md), so parallelism only pays for much larger problems.
+PARALLEL_MIN_SIZE = 1 << 22
 
 
 # ------------------------------------------------------------------------------------------
