@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.reference import Relaxation as _HostRelaxation
 from ..geometry import PointCloud
 from ..solvers._common import default_tol
 from ..solvers.result import OTResult
@@ -228,37 +229,14 @@ class LoopResult:
     errors: list = field(default_factory=list)  # per problem, measured L1 errors
 
 
-class Relaxation:
-    """Over-relaxation factor of one problem, as the CPU kernels choose it (Thibault et al. 2021;
-    adaptive rule of Lehmann et al. 2022): plain steps until the linear rate kappa is measurable,
-    then omega* = 2 / (1 + sqrt(1 - kappa)) (<= 1.9), back to plain steps if the error grows.
-    ``omega=None`` is adaptive, a number in (0, 2) is used as given."""
+class Relaxation(_HostRelaxation):
+    """Over-relaxation factor of one problem, chosen by exactly the CPU kernels' rule
+    (:class:`otsolve.kernels.reference.Relaxation`: Thibault et al. 2021, adaptive as in Lehmann
+    et al. 2022, refined with Young's relation). ``omega=None`` is adaptive, a number in (0, 2)
+    is used as given."""
 
     def __init__(self, omega: float | None) -> None:
-        self.adaptive = omega is None or not omega > 0
-        self.omega = 1.0 if self.adaptive else float(omega)
-        self.plain: list[float] = []
-        self.best = np.inf
-
-    def observe(self, err: float) -> None:
-        if not self.adaptive:
-            return
-        if not np.isfinite(err):
-            self.omega, self.plain = 1.0, []
-            return
-        if self.omega == 1.0:
-            self.plain.append(err)
-            lag = 5
-            if len(self.plain) > 10:
-                prev = self.plain[-1 - lag]
-                kappa = (err / prev) ** (1.0 / lag) if prev > 0 else 1.0
-                if 0.0 < kappa < 0.999:
-                    self.omega = min(1.9, 2.0 / (1.0 + np.sqrt(1.0 - kappa)))
-                    self.best = err
-        else:
-            self.best = min(self.best, err)
-            if err > 2.0 * self.best:
-                self.omega, self.plain, self.best = 1.0, [], np.inf
+        super().__init__(-1.0 if omega is None else float(omega))
 
 
 def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, max_iter: int, tol: float,
