@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_epsilon
+from .._validation import as_float_array, check_epsilon, check_finite
 from ..solvers._common import default_tol
 from ..solvers.result import OTResult
 from . import get_namespace, is_cupy
@@ -39,19 +39,9 @@ _KINDS = {"sqeuclidean": (0, 1.0), "half_sqeuclidean": (0, 0.5), "euclidean": (1
 
 
 def _as_float(xp, arr, name: str, ndim: int):
-    arr = xp.asarray(arr)
-    if arr.dtype.kind in "biu":
-        arr = arr.astype(xp.float64)
-    elif arr.dtype.kind != "f":
-        raise ValueError(f"{name} must be a real floating array, got dtype {arr.dtype}")
-    if arr.dtype not in (xp.float32, xp.float64):
-        arr = arr.astype(xp.float64)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(arr.shape)}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(arr.shape)})")
-    if not bool(xp.all(xp.isfinite(arr))):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    """The shared checks of :mod:`otsolve._validation`, on ``xp`` arrays."""
+    arr = as_float_array(xp.asarray(arr), name, ndim=ndim)
+    check_finite(arr, name)
     return arr
 
 

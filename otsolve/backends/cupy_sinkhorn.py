@@ -23,7 +23,7 @@ import numpy as np
 
 from ..kernels.reference import Relaxation as _HostRelaxation
 from ..geometry import PointCloud
-from ..solvers._common import default_tol
+from ..solvers._common import default_tol, initial_potentials
 from ..solvers.result import OTResult
 from .cuda_kernels import get_kernel
 
@@ -312,22 +312,7 @@ def epsilon_stages(solver, eps: float, start_fn) -> list[float]:
 def _as_device_potentials(init, n: int, m: int, dtype):
     import cupy as cp  # noqa: PLC0415
 
-    if init is None:
-        return cp.zeros(n, dtype=dtype), cp.zeros(m, dtype=dtype)
-    if hasattr(init, "f") and hasattr(init, "g"):
-        f, g = init.f, init.g
-    else:
-        try:
-            f, g = init
-        except (TypeError, ValueError):
-            raise ValueError("init must be (f, g) or an OTResult") from None
-    f = cp.array(cp.asarray(f), dtype=dtype).reshape(-1)
-    g = cp.array(cp.asarray(g), dtype=dtype).reshape(-1)
-    if f.shape != (n,) or g.shape != (m,):
-        raise ValueError(f"init potentials have shapes {f.shape}, {g.shape}; expected ({n},), ({m},)")
-    if bool(cp.isnan(f).any() | cp.isnan(g).any() | cp.isposinf(f).any() | cp.isposinf(g).any()):
-        raise ValueError("init potentials contain NaN or +inf")
-    return f, g
+    return initial_potentials(init, n, m, xp=cp, dtype=dtype)
 
 
 def finish_stats(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active):

@@ -37,10 +37,10 @@ def safe_log(w: np.ndarray) -> np.ndarray:
         return np.log(np.asarray(w, dtype=np.float64))
 
 
-def initial_potentials(init: Any, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """float64 working copies of a warm start ``(f, g)`` / OTResult, or zeros."""
+def initial_potentials(init: Any, n: int, m: int, xp: Any = np, dtype: Any = np.float64):
+    """Working copies (``xp`` arrays of ``dtype``) of a warm start ``(f, g)`` / OTResult, or zeros."""
     if init is None:
-        return np.zeros(n), np.zeros(m)
+        return xp.zeros(n, dtype=dtype), xp.zeros(m, dtype=dtype)
     if hasattr(init, "f") and hasattr(init, "g"):
         f, g = init.f, init.g
     else:
@@ -48,11 +48,11 @@ def initial_potentials(init: Any, n: int, m: int) -> tuple[np.ndarray, np.ndarra
             f, g = init
         except (TypeError, ValueError):
             raise ValueError("init must be (f, g) or an OTResult") from None
-    f = np.array(np.asarray(f), dtype=np.float64).reshape(-1)
-    g = np.array(np.asarray(g), dtype=np.float64).reshape(-1)
+    f = xp.array(xp.asarray(f), dtype=dtype).reshape(-1)
+    g = xp.array(xp.asarray(g), dtype=dtype).reshape(-1)
     if f.shape != (n,) or g.shape != (m,):
         raise ValueError(f"init potentials have shapes {f.shape}, {g.shape}; expected ({n},), ({m},)")
-    if np.isnan(f).any() or np.isnan(g).any() or np.isposinf(f).any() or np.isposinf(g).any():
+    if bool(xp.isnan(f).any() | xp.isnan(g).any() | xp.isposinf(f).any() | xp.isposinf(g).any()):
         raise ValueError("init potentials contain NaN or +inf")
     return f, g
 
