@@ -7,13 +7,17 @@
 2. Implicit gradients vs unrolling 500 iterations: time of forward + backward and the bytes
    autograd saves for the backward pass (counted with saved_tensors_hooks, exact and
    deterministic), plus the max difference of the two gradients.
-3. Batched problems with per-problem convergence vs iterating every problem until the slowest.
+3. Batched problems with per-problem convergence vs iterating every problem until the slowest and
+   vs Python loops of single problems (forward + backward).
+4. Differentiable sparse MoE routing: core forward vs the torch layer's forward + backward.
 
-Usage: python bench/bench_torch.py [--quick] [--repeats R] [--only divergence|implicit|batch]
+Usage: python bench/bench_torch.py [--quick] [--repeats R] [--only divergence|implicit|batch|routing]
+       [--torch-threads T]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -150,54 +154,129 @@ def bench_implicit(n, eps, iters, repeats):
           f"gradients {diff:.1e}")
 
 
-def bench_batch(B, n, repeats):
-    from otsolve.torch import _solve
+def bench_batch(B, n, repeats, d=3, eps=0.05):
+    """B point-cloud problems of mixed difficulty, debiased divergence, forward + backward.
+
+    Strategies: (a) one batched call on the torch path, converged problems leave the batch;
+    (b) the same call where every problem iterates until the slowest one has converged
+    (tol=0, max_iter = the largest per-problem count of (a)); (c) a Python loop of single-problem
+    calls on the torch path; (d) a Python loop of single-problem calls on the compiled CPU kernels;
+    (e) one batched call on the compiled kernels (they run the problems one after the other, each
+    to its own tolerance). Every strategy computes the B losses and the gradient w.r.t. x.
+    """
+    import warnings
 
     torch.manual_seed(2)
-    x = torch.rand(B, n, 2)
-    y = torch.rand(B, n, 2)
-    # one hard problem among easy ones: larger clouds = smaller relative eps = more iterations
-    x[0] *= 3.0
-    y[0] *= 3.0
-    C = pairwise_cost(x, y, "sqeuclidean")
-    a = torch.full((B, n), 1.0 / n)
+    # difficulty: cloud scale s_k from 0.5 to 2 (geometric) = relative eps from 4x to 1/4x
+    s = torch.logspace(math.log10(0.5), math.log10(2.0), B).reshape(B, 1, 1)
+    x = torch.rand(B, n, d) * s
+    y = (torch.rand(B, n, d) * 0.8 + 0.3) * s
+    tol, max_iter = 1e-4, 2000
 
-    def masked():
-        return _solve.solve_potentials(a=a, b=a, eps=0.05, tol=1e-5, max_iter=5000, C=C, backend="torch")
+    def batched(backend, tol_=tol, max_iter_=max_iter):
+        loss = SinkhornLoss(eps, cost="half_sqeuclidean", tol=tol_, max_iter=max_iter_, backend=backend)
 
-    def all_until_slowest():
-        it = int(s.n_iter.max())
-        return _solve.solve_potentials(a=a, b=a, eps=0.05, tol=0.0, max_iter=it, C=C, backend="torch")
+        def f():
+            xr = x.clone().requires_grad_()
+            loss(xr, y).sum().backward()
+            return loss
+        return f
 
-    s = masked()
-    t_m = timeit(masked, repeats)
-    t_a = timeit(all_until_slowest, repeats)
-    print(f"\n## Batch of {B} problems (n=m={n}, float32, torch path): per-problem convergence\n")
-    print(f"iterations per problem: {s.n_iter.tolist()}\n")
-    print("| strategy | time (s) |\n|---|---|")
-    print(f"| per-problem convergence (converged problems leave the batch) | {t_m:.3f} |")
-    print(f"| every problem iterates until the slowest converges | {t_a:.3f} |")
-    print(f"\nspeed-up {t_a / t_m:.2f}x")
+    def loop(backend):
+        loss = SinkhornLoss(eps, cost="half_sqeuclidean", tol=tol, max_iter=max_iter, backend=backend)
+
+        def f():
+            xr = x.clone().requires_grad_()
+            for k in range(B):
+                loss(xr[k], y[k]).backward()
+            return loss
+        return f
+
+    L = batched("torch")()
+    its = {k: o.n_iter for k, o in L.last_outputs.items()}
+    slowest = int(max(int(t.max()) for t in its.values()))
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # tol=0 never "converges": expected
+        for label, fn in (
+            ("batched, torch path, per-problem convergence", batched("torch")),
+            (f"batched, torch path, every problem runs {slowest} iterations (the slowest)",
+             batched("torch", 0.0, slowest)),
+            ("Python loop of single problems, torch path", loop("torch")),
+            ("Python loop of single problems, compiled kernels", loop("compiled")),
+            ("batched, compiled kernels (problems one after the other)", batched("compiled")),
+        ):
+            rows.append((label, timeit(fn, repeats)))
+    t_ref = rows[0][1]
+    print(f"\n## Batch of {B} problems (n=m={n}, d={d}, eps={eps}, half_sqeuclidean, debiased, "
+          f"float32, tol={tol}): forward + backward (median of {repeats}; torch threads "
+          f"{torch.get_num_threads()})\n")
+    for k, t in its.items():
+        print(f"iterations {k}: min {int(t.min())}, median {int(t.median())}, max {int(t.max())}, "
+              f"total {int(t.sum())}")
+    print("\n| strategy | time (s) | relative to batched per-problem |\n|---|---|---|")
+    for label, t in rows:
+        print(f"| {label} | {t:.3f} | {t / t_ref:.2f}x |")
+
+
+def bench_routing(G, T, E, repeats):
+    """Differentiable sparse routing: the core forward vs the layer's forward + backward."""
+    import otsolve
+    from otsolve.routing import expert_capacity
+    from otsolve.torch import route
+
+    torch.manual_seed(3)
+    s = torch.randn(G, T, E, dtype=torch.float32)
+    cap = expert_capacity(T, E)
+    W = torch.randn(G, T, E)
+
+    def layer(combine, polish=False):
+        def f():
+            x = s.clone().requires_grad_()
+            (route(x, cap, combine=combine, polish=polish).combine * W).sum().backward()
+        return f
+
+    rows = [("otsolve.route (NumPy, forward only)", timeit(lambda: otsolve.route(s.numpy(), cap), repeats)),
+            ("otsolve.torch.route, combine='gates', fwd+bwd", timeit(layer("gates"), repeats)),
+            ("otsolve.torch.route, combine='plan', fwd+bwd (implicit)", timeit(layer("plan"), repeats)),
+            ("otsolve.torch.route, combine='plan', polish=True, fwd+bwd", timeit(layer("plan", True), repeats))]
+    print(f"\n## Sparse routing, {G} groups x {T} tokens x {E} experts, capacity {cap}, float32 "
+          f"(median of {repeats})\n")
+    print("| call | time (s) |\n|---|---|")
+    for label, t in rows:
+        print(f"| {label} | {t:.4f} |")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--only", choices=["divergence", "implicit", "batch"], default=None)
+    p.add_argument("--only", choices=["divergence", "implicit", "batch", "routing"], default=None)
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice, 1 for the batch section)")
     args = p.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     r = args.repeats or (2 if args.quick else 5)
     print(f"# bench_torch ({'quick' if args.quick else 'full'}) torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
     sizes = {
         "divergence": ((300, 3, 0.05), (2000, 3, 0.05)),
         "implicit": ((30, 0.1, 500), (200, 0.05, 500)),
-        "batch": ((4, 100), (16, 500)),
+        "batch": ((4, 64), (64, 256)),
+        "routing": ((2, 64, 4), (8, 1024, 16)),
     }
-    fns = {"divergence": bench_divergence, "implicit": bench_implicit, "batch": bench_batch}
+    fns = {"divergence": bench_divergence, "implicit": bench_implicit, "batch": bench_batch,
+           "routing": bench_routing}
     for name, fn in fns.items():
         if args.only in (None, name):
+            threads = torch.get_num_threads()
+            if name == "batch" and not args.torch_threads:
+                # many small torch ops: with 2 intra-op threads on a loaded 2-core machine every op
+                # waits on a descheduled thread (measured 5-25x slower), so this section uses 1
+                torch.set_num_threads(1)
             fn(*sizes[name][0 if args.quick else 1], r)
+            torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""PyTorch OT layer: differentiable Sinkhorn, Sinkhorn divergence and :class:`SinkhornLoss`.
+"""PyTorch OT layer: differentiable Sinkhorn, Sinkhorn divergence, :class:`SinkhornLoss` and
+sparsity-constrained MoE routing (:func:`route`, :class:`SparseRouter`).
 
 Optional extra (``pip install "otsolve[torch]"``); the rest of otsolve never imports torch.
 CPU tensors go zero-copy into the compiled kernels; CUDA tensors (and batches with per-problem
@@ -14,14 +15,19 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._costs import COSTS, pairwise_cost
 from ._grad import ImplicitState
 from .layer import GRAD_MODES, SinkhornLoss, SinkhornOutput, sinkhorn, sinkhorn_divergence
+from .routing import ROUTE_GRAD_MODES, RouterOutput, SparseRouter, route
 
 __all__ = [
     "COSTS",
     "GRAD_MODES",
     "ImplicitState",
+    "ROUTE_GRAD_MODES",
+    "RouterOutput",
     "SinkhornLoss",
     "SinkhornOutput",
+    "SparseRouter",
     "pairwise_cost",
+    "route",
     "sinkhorn",
     "sinkhorn_divergence",
 ]
