@@ -155,8 +155,8 @@ class Sinkhorn:
         else:
             schedule = [eps]
 
-        # Columns are exact after each update, so the kernel's (row) error misses only the
-        # columns' rounding; keep a margin so the exact error below honours tol.
+        # The kernels' error is exact up to rounding; keep a margin so that the error recomputed
+        # from scratch below (plan_statistics) also honours tol.
         tol_kernel = max(tol - 16 * (n + m) * np.finfo(float).eps * float(np.sum(problem.a)), 0.5 * tol)
         omega = -1.0 if self.omega is None else float(self.omega)
         workspace = None
