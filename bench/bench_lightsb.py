@@ -65,15 +65,23 @@ class DiscreteEOT:
         return mean, cov - mean[:, :, None] * mean[:, None, :]
 
 
+def _lr_for(eps, args):
+    """The --lr value for this eps (None: the model's eps-dependent default)."""
+    if not args.lr:
+        return None
+    return args.lr[0] if len(args.lr) == 1 else args.lr[args.eps.index(eps)]
+
+
 def run_cell(D, eps, args):
-    bench = eot_mixture(D, eps, seed=args.seed, n_test=args.n_test)
+    bench = eot_mixture(D, eps, seed=args.seed, n_test=args.n_test,
+                        diagonal_potential=args.diagonal_potential)
     with _Timer() as tg:
         pool0 = bench.sample_input(args.pool, rng=1)
         pool1 = bench.sample_target(args.pool, rng=2)
     model = LightSB(D, args.components, eps, covariance=args.covariance, s_init=1.0)
     with _Timer() as tf:
         model.fit(pool0, pool1, n_steps=args.steps, batch_size=128, seed=42, progress=False,
-                  lr=args.lr, schedule=args.schedule)
+                  lr=_lr_for(eps, args), schedule=args.schedule)
     with _Timer() as tm:
         uvp = cbw2_uvp(model, bench, n_samples=args.n_samples, seed=0)
     uvp_exact = cbw2_uvp(model, bench, moments="exact")
@@ -101,7 +109,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--components", type=int, default=50)
     p.add_argument("--covariance", default="diagonal", choices=["diagonal", "full"])
-    p.add_argument("--lr", type=float, default=None, help="Adam step (default: eps-dependent)")
+    p.add_argument("--lr", type=float, nargs="*", default=None,
+                   help="Adam step: one value, or one per --eps value (default: eps-dependent default_lr)")
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--n-samples", type=int, default=1000)
@@ -109,12 +118,16 @@ def main() -> None:
     p.add_argument("--peer-n", type=int, default=500, help="samples per side for POT Sinkhorn")
     p.add_argument("--peer-iter", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--diagonal-potential", action="store_true",
+                   help="axis-aligned Sigma_k: the diagonal model is then well-specified")
     args = p.parse_args()
+    if args.lr and len(args.lr) not in (1, len(args.eps)):
+        p.error("--lr takes one value or one per --eps value")
     if args.quick:
         args.dims, args.eps, args.steps = [2, 16], [1.0], 500
         args.n_test, args.n_samples, args.pool, args.peer_n = 100, 200, 4096, 200
     print(f"LightSB K={args.components} {args.covariance} S_init=1 batch=128 steps={args.steps} "
-          f"lr={args.lr or 'default(eps)'} {args.schedule}; instances eot_mixture(D, eps, seed={args.seed}); "
+          f"lr={' '.join(f'{v:g}' for v in args.lr) if args.lr else 'default(eps)'} {args.schedule}; instances eot_mixture(D, eps, seed={args.seed}{', diagonal_potential=True' if args.diagonal_potential else ''}); "
           f"metric: {args.n_test} test inputs x {args.n_samples} samples", flush=True)
     head = (f"{'D':>4} {'eps':>5} | {'LightSB':>8} {'exact':>7} {'floor':>7} {'paper':>6} | "
             f"{'fit s':>6} {'cpu s':>6} | {'POT':>7} {'POT s':>6} | {'POT/LSB':>7}")

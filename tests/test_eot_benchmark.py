@@ -141,3 +141,16 @@ def test_bad_input():
         eot_mixture(2, 1.0, cov_range=(1.0, 0.1))
     with pytest.raises(ValueError, match="moments"):
         cbw2_uvp(None, eot_mixture(2, 1.0, n_test=5), moments="approx")
+
+
+def test_diagonal_potential_option_makes_diagonal_lightsb_well_specified():
+    a = eot_mixture(4, 0.3, seed=2, n_test=20)
+    b = eot_mixture(4, 0.3, seed=2, n_test=20, diagonal_potential=True)
+    np.testing.assert_array_equal(a.potential_means, b.potential_means)  # same draws otherwise
+    np.testing.assert_allclose(np.einsum("kii->ki", b.potential_covs), np.einsum("kii->ki", a.potential_covs))
+    S = b.lightsb_params()["S"]
+    off = S - np.einsum("kii->ki", S)[:, :, None] * np.eye(4)
+    assert np.abs(off).max() < 1e-12
+    p = b.lightsb_params()
+    diag = LightSB.from_params(p["log_alpha"], p["r"], np.einsum("kii->ki", p["S"]), b.epsilon)
+    assert cbw2_uvp(diag, b, moments="exact") < 1e-10

@@ -218,6 +218,7 @@ def eot_mixture(
     potential_scale: float = 1.0,
     cov_range: tuple[float, float] = (0.1, 1.0),
     n_test: int = 1000,
+    diagonal_potential: bool = False,
 ) -> EOTMixture:
     """Build a seeded entropic-OT instance with a known optimal plan (see module docstring).
 
@@ -237,6 +238,9 @@ def eot_mixture(
         so the ``Sigma_k`` are non-diagonal (a diagonal LightSB is mis-specified).
     n_test : int
         Number of fixed test inputs.
+    diagonal_potential : bool
+        Keep only the diagonals of the ``Sigma_k`` (same random draws otherwise): then
+        ``S*_k = (I + eps Sigma_k^-1)^-1`` is diagonal and a diagonal LightSB is well-specified.
 
     Returns
     -------
@@ -263,6 +267,8 @@ def eot_mixture(
     p = rng.dirichlet(np.full(K, 5.0))
     mu = potential_scale * rng.standard_normal((K, dim))
     Sig = _random_spd(rng, K, dim, low, high)
+    if diagonal_potential:
+        Sig = np.einsum("kii->ki", Sig)[:, :, None] * np.eye(dim)
     for arr, name in ((m, "means"), (mu, "means")):
         check_finite(arr, name)
     return EOTMixture(dim, epsilon, seed, q, m, Q, p, mu, Sig, n_test=check_positive_int(n_test, "n_test"))
