@@ -9,6 +9,9 @@
 #include <cstdint>
 #include <cstring>
 #include <cmath>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #define OTSOLVE_HAVE_MXCSR 1
@@ -54,6 +57,15 @@ static inline double fast_exp(double x) {
   const std::uint64_t e = (ki - 0x4338000000000000ULL + 1023ULL) << 52;
   const double y = p * bits_to_double(e);
   return x < -708.0 ? 0.0 : (x > 709.78 ? __builtin_inf() : y);
+}
+
+// Index of the calling OpenMP thread (0 without OpenMP).
+static inline int thread_num() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
 }
 
 // Flush subnormals to zero in this thread while the guard lives. Tiny plan entries times tiny

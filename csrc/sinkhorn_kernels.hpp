@@ -217,11 +217,7 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
 #pragma omp parallel num_threads(nt) reduction(+ : err_rows)
     {
       FlushDenormals ftz;
-#ifdef _OPENMP
-      const int tid = omp_get_thread_num();
-#else
-      const int tid = 0;
-#endif
+      const int tid = thread_num();
       double* ca = acc[tid].data();
       std::fill(ca, ca + m, 0.0);
       double* cin = nullptr;
@@ -339,11 +335,7 @@ void plan_statistics(const Cost& cost, const double* f, const double* g, double 
 #pragma omp parallel num_threads(nt) reduction(+ : tc, te)
   {
     FlushDenormals ftz;
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_num();
     double* ca = acc[tid].data();
     std::vector<double> buf(m);
     double* c = buf.data();

@@ -74,11 +74,7 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
 #pragma omp parallel num_threads(nt) reduction(+ : err, bad_rows)
     {
       FlushDenormals ftz;
-#ifdef _OPENMP
-      const int tid = omp_get_thread_num();
-#else
-      const int tid = 0;
-#endif
+      const int tid = thread_num();
       double* ca = acc[tid].data();
       std::fill(ca, ca + m, 0.0);
       double* cin = nullptr;

@@ -102,11 +102,7 @@ FormResult form_system(const T* C, long n, long m, const double* x, const double
   int overflow = 0;
 #pragma omp parallel num_threads(nt) reduction(max : lmax) reduction(+ : mass, kept, overflow)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_num();
     double* ca = acc[tid].data();
     std::vector<double> lbuf(m), pbuf(m);
     std::vector<int64_t> cbuf(k > 0 ? m : 0);
