@@ -1,6 +1,7 @@
 """Run every benchmark script in bench/ (``bench_*.py``); ``--quick`` for the tiny CI sizes.
 
-Each script accepts ``--quick`` and prints its own table with otsolve/peer ratios.
+Each script accepts ``--quick`` and prints its own table with otsolve/peer ratios. With
+``--quick`` (CI) ``gpu_check.py --emulate`` runs too, on the CPU CUDA emulator.
 """
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def main() -> int:
         print(f"=== {script.name}: exit {rc} in {time.perf_counter() - t0:.1f} s", flush=True)
         if rc != 0:
             failed.append(script.name)
+    if args.quick and not args.names:
+        # no GPU on CI: the GPU check script runs on the CPU CUDA emulator so it cannot rot
+        # (its tests already ran under pytest; its timings are emulation times, not GPU figures)
+        cmd = [sys.executable, str(here / "gpu_check.py"), "--emulate", "--skip-tests"]
+        print(f"\n=== {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd)
+        print(f"=== gpu_check.py --emulate: exit {rc} in {time.perf_counter() - t0:.1f} s", flush=True)
+        if rc != 0:
+            failed.append("gpu_check.py --emulate")
     if failed:
         print(f"failed: {failed}")
         return 1

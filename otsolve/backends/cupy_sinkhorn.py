@@ -244,8 +244,8 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
     """Sinkhorn iterations on the problems ``active_ids`` until each one's error <= tol.
 
     ``errors[p][k]`` is the L1 marginal error (rows + columns) of problem p's iterate after k
-    updates. A problem stops costing work at the first check (every ``check_every`` iterations)
-    after its error falls to ``tol`` (its id leaves the launch list) or turns non-finite
+    updates. A problem stops costing work at the first check (every ``check_every`` iterations;
+    by default after 1, 2, 4, ... iterations up to :func:`check_interval`) after its error falls to ``tol`` (its id leaves the launch list) or turns non-finite
     (diverged). ``omega``: over-relaxation (1 plain, None adaptive per problem).
     """
     cp = engine.cp
@@ -258,10 +258,20 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
     for p, r in relax.items():
         om_host[p] = r.omega
     engine.omega[...] = cp.asarray(om_host, dtype=engine.omega.dtype)
-    carry = cp.zeros(B, dtype=cp.float64)  # column error of the entering iterate (0 at the start)
+    # column error of the entering iterate (the row passes add the rows): one marginal pass for
+    # the starting point, whose columns need not be exact (cold or warm start)
+    carry = cp.zeros(B, dtype=cp.float64)
+    if active.size:
+        col = cp.zeros((B, geo.m), dtype=geo.dtype)
+        engine.col_pass(f, g, None, eps, cp.asarray(active), mode=1, mass_out=col)
+        dev = cp.abs(col.astype(cp.float64) - cp.exp(log_b.astype(cp.float64))).sum(axis=1)
+        carry[...] = cp.where(cp.isfinite(dev), dev, cp.inf)
+        carry[cp.asarray(np.setdiff1d(np.arange(B), active))] = 0
     it = 0
+    ramp = 1  # first checks after 1, 2, 4, ... iterations: a warm start stops after one
     while active.size and it < max_iter:
-        k = check_every or check_interval(geo, int(active.size))
+        k = check_every or min(ramp, check_interval(geo, int(active.size)))
+        ramp *= 2
         k = min(k, max_iter - it)
         buf = cp.zeros((k + 1, B), dtype=cp.float64)
         buf[0] = carry

@@ -32,13 +32,12 @@ from ..geometry import PointCloud
 from ..solvers._common import default_tol
 from ..solvers.result import OTResult
 from .cuda_kernels import get_kernel
+from ..solvers.sns import _ALPHA_MIN, _ARMIJO_C, _DENSE_KEPT, _FORCING_MAX, _FORCING_POW, _PATIENCE
 from .cupy_sinkhorn import CudaGeometry, CudaSinkhornEngine, _as_device_potentials, sinkhorn_loop
 
 __all__ = ["solve_sns_cupy", "sparsified_hessian", "hessian_matvec", "K_MAX"]
 
 K_MAX = 32
-_ARMIJO_C = 1e-4
-_ALPHA_MIN = 2.0**-30
 
 
 def _k_template(k: int) -> int:
@@ -157,17 +156,21 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
         k = math.ceil(solver.density * m) if getattr(solver, "density", None) is not None else solver.k_row
         k = int(min(max(k, 1), m, K_MAX))
         cg_maxiter = solver.cg_maxiter or max(500, n + m)
+        # the passes measure the row error only (columns exact up to rounding), as on the CPU
+        tol_sk = max(tol - 16 * (n + m) * np.finfo(float).eps * float(a.sum()), 0.5 * tol)
         errors: list[float] = []
-        rec = dict(n_sinkhorn=0, n_newton=0, cg_iterations=[], cg_residuals=[], step_sizes=[], fallbacks=[],
-                   newton_times=[], sinkhorn_time=0.0)
+        rec = dict(n_sinkhorn=0, n_newton=0, cg_iterations=[], cg_residuals=[], step_sizes=[], kept_mass=[],
+                   fallbacks=[], newton_times=[], sinkhorn_time=0.0)
         sk_budget = [int(solver.max_sinkhorn)]
         t0 = time.perf_counter()
 
-        def sinkhorn(iters: int, stop_tol: float) -> tuple[float, int]:
+        def sinkhorn(iters: int, stop_tol: float, omega: float | None = 1.0) -> tuple[float, int]:
+            """Up to ``iters`` iterations in place (omega None: adaptive over-relaxation);
+            (last measured error, status 0 converged / 1 budget / 2 diverged)."""
             iters = min(iters, sk_budget[0])
             if iters <= 0:
                 return np.inf, 1
-            lr = sinkhorn_loop(engine, log_a, log_b, x, y, eps, iters, stop_tol, ids, check_every=iters)
+            lr = sinkhorn_loop(engine, log_a, log_b, x, y, eps, iters, stop_tol, ids, omega=omega)
             it = int(lr.n_iter[0])
             sk_budget[0] -= it
             rec["n_sinkhorn"] += it
@@ -175,28 +178,63 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
             return (float(lr.errors[0][-1]) if lr.errors[0] else np.inf), int(lr.status[0])
 
         def stats(xx, yy):
-            row, col, cost = engine.plan_stats(xx, yy, eps, act)
-            return row[0], col[0], float(cost[0])
+            """Row and column marginals of the plan of (xx, yy) (geometry dtype), its mass."""
+            row, col, _ = engine.plan_stats(xx, yy, eps, act)
+            r0 = row[0]
+            return r0.astype(dtype), col[0].astype(dtype), float(r0.sum())
+
+        def line_search(row, mass0, gx, gy, dzx, dzy, slope, err):
+            """Armijo backtracking on F (spec §4.3), as the CPU solver; (alpha, row, col, mass) or None."""
+            ax, by = float((a * x[0]).sum()), float((b * y[0]).sum())
+            adx, bdy = float((a * dzx).sum()), float((b * dzy).sum())
+            F0 = -eps * mass0 + ax + by
+            noise = 64 * np.finfo(float).eps * (abs(ax) + abs(by) + eps * mass0 + abs(F0))
+            alpha = 1.0
+            while alpha >= _ALPHA_MIN:
+                rt, ct, mass = stats(x + T(alpha) * dzx, y + T(alpha) * dzy)
+                if np.isfinite(mass):  # an overflowing trial is rejected
+                    F = -eps * mass + ax + by + alpha * (adx + bdy)
+                    if F >= F0 + _ARMIJO_C * alpha * slope:
+                        return alpha, rt, ct, mass
+                    if F >= F0 - noise and float(cp.abs(a - rt).sum() + cp.abs(b - ct).sum()) < err:
+                        return alpha, rt, ct, mass
+                alpha *= 0.5
+            return None
 
         status, message = "max_iter", f"reached max_iter={solver.max_iter} Newton steps"
-        stop1 = max(tol, solver.switch_tol or 0.0)
+        # ---- stage 1: Sinkhorn warm-up (plain, as in the paper), automatic switch ----------------
+        stop1 = max(tol_sk, solver.switch_tol or 0.0)
         err, st = sinkhorn(solver.n_sinkhorn, stop1)
         if st != 2 and err > tol and solver.auto_switch and solver.n_sinkhorn >= 6 and err > stop1:
             e = errors[-6:]
             if len(e) == 6 and e[0] > 0 and e[-1] > 0:
-                rate = (e[-1] / e[0]) ** 0.2
-                if rate < 1.0:
-                    need = math.log(tol / e[-1]) / math.log(rate)
+                kappa = (e[-1] / e[0]) ** 0.2
+                if kappa < 1.0:
+                    need = math.log(tol / e[-1]) / math.log(kappa)
                     if need <= 3 * solver.n_sinkhorn:
-                        err, st = sinkhorn(int(math.ceil(1.5 * need)) + 2, tol)
+                        err, st = sinkhorn(int(math.ceil(1.5 * need)) + 5, tol_sk, None)
         rec["sinkhorn_time"] = time.perf_counter() - t0
+        best = (np.inf, x.copy(), y.copy())
         if st == 2:
             status, message = "diverged", "Sinkhorn stage produced non-finite potentials"
+        elif err <= tol_sk:
+            status, message = "converged", "converged in the Sinkhorn stage"
+            best = (err, x, y)
         else:
-            row, col, _ = stats(x, y)
-            best = (np.inf, x.copy(), y.copy())
+            # ---- stage 2: Newton with a sparsified Hessian (same rules as the CPU solver) -------
+            row, col, mass = stats(x, y)
+            csr = sparsified_hessian(geo, x[0], y[0], eps, k)
+            kept0 = float(csr[2].sum()) / mass if mass > 0 else 1.0
+            if solver.auto_switch and kept0 < _DENSE_KEPT:
+                # diffuse plan: the sparse Newton model is poor; over-relaxed Sinkhorn goes first
+                err_sk, st = sinkhorn(max(10 * solver.n_sinkhorn, 100), tol_sk, None)
+                rec["fallbacks"].append(f"dense plan (top-{k} entries per row hold {kept0:.2f} of the mass): ran "
+                                        f"over-relaxed Sinkhorn iterations first (error {err_sk:.3g})")
+                row, col, mass = stats(x, y)
+                csr = None
             dzx, dzy = cp.zeros(n, dtype=dtype), cp.zeros(m, dtype=dtype)
             bad_steps = 0
+            step_errs: list[float] = []
             while True:
                 gx, gy = a - row, b - col
                 err = float(cp.abs(gx).sum() + cp.abs(gy).sum())
@@ -211,16 +249,28 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
                     break
                 if rec["n_newton"] >= solver.max_iter:
                     break
-                fail = None
+                step_errs.append(err)
+                slow = len(step_errs) >= 4 and step_errs[-1] > 0.125 * step_errs[-4]
+                if (getattr(solver, "adaptive_k", True) and slow and k < min(m, K_MAX) and rec["kept_mass"]
+                        and rec["kept_mass"][-1] < 0.999):
+                    k_new = min(2 * k, m, K_MAX)
+                    rec["fallbacks"].append(
+                        f"Newton step {rec['n_newton']}: slow convergence (error x"
+                        f"{(step_errs[-1] / step_errs[-4]) ** (1 / 3):.2f} per step, kept mass "
+                        f"{rec['kept_mass'][-1]:.3f}); k_row {k} -> {k_new}")
+                    k, csr, step_errs = k_new, None, []
+                fail, stagnated = None, False
                 if not np.isfinite(err):
                     fail = "non-finite marginal error"
-                elif bad_steps >= 2:
-                    fail = "marginal error did not decrease for 2 Newton steps"
+                elif bad_steps >= _PATIENCE:
+                    fail, stagnated = f"no new smallest marginal error in {_PATIENCE} Newton steps", True
                 else:
-                    csr = sparsified_hessian(geo, x[0], y[0], eps, k)
-                    rtol = max(solver.cg_rtol, min(1e-2, err))
-                    dzx, dzy, its, res = _pcg(csr, row.astype(dtype), col.astype(dtype), T(eps) * gx.astype(dtype),
-                                              T(eps) * gy.astype(dtype), dzx, dzy, rtol, cg_maxiter)
+                    if csr is None:
+                        csr = sparsified_hessian(geo, x[0], y[0], eps, k)
+                    rec["kept_mass"].append(float(csr[2].sum()) / mass if mass > 0 else 0.0)
+                    # inexact Newton: a loose forcing term far from the optimum saves CG iterations
+                    rtol = max(solver.cg_rtol, min(_FORCING_MAX, err ** _FORCING_POW))
+                    dzx, dzy, its, res = _pcg(csr, row, col, T(eps) * gx, T(eps) * gy, dzx, dzy, rtol, cg_maxiter)
                     rec["cg_iterations"].append(int(its))
                     rec["cg_residuals"].append(float(res))
                     shift = (dzx.sum() - dzy.sum()) / (n + m)  # gauge direction (1, -1) out
@@ -230,53 +280,41 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
                     if not (bool(cp.isfinite(dzx).all() & cp.isfinite(dzy).all()) and slope > 0):
                         fail = "CG gave no ascent direction"
                     else:
-                        mass0 = float(row.sum())
-                        ax, by = float((a * x[0]).sum()), float((b * y[0]).sum())
-                        adx, bdy = float((a * dzx).sum()), float((b * dzy).sum())
-                        F0 = -eps * mass0 + ax + by
-                        noise = 64 * np.finfo(dtype).eps * (abs(ax) + abs(by) + eps * mass0 + abs(F0))
-                        alpha, accepted = 1.0, None
-                        while alpha >= _ALPHA_MIN:
-                            xt, yt = x + T(alpha) * dzx, y + T(alpha) * dzy
-                            rt, ct, _ = stats(xt, yt)
-                            mass = float(rt.sum())
-                            if np.isfinite(mass):
-                                F = -eps * mass + ax + by + alpha * (adx + bdy)
-                                ok = F >= F0 + _ARMIJO_C * alpha * slope
-                                if not ok and F >= F0 - noise:
-                                    ok = float(cp.abs(a - rt).sum() + cp.abs(b - ct).sum()) < err
-                                if ok:
-                                    accepted = (xt, yt, rt, ct)
-                                    break
-                            alpha *= 0.5
-                        if accepted is None:
+                        found = line_search(row, mass, gx, gy, dzx, dzy, slope, err)
+                        if found is None:
                             fail = "line search found no acceptable step"
                         else:
-                            x, y, row, col = accepted
+                            alpha, row, col, mass = found
+                            x += T(alpha) * dzx
+                            y += T(alpha) * dzy
+                            csr = None
                             rec["step_sizes"].append(alpha)
                             rec["n_newton"] += 1
                             if alpha < 1.0:
-                                dzx *= T(alpha)
+                                dzx *= T(alpha)  # warm start of the next solve
                                 dzy *= T(alpha)
                             continue
-                # fallback: Sinkhorn block from the best iterate, denser Hessian
+                # fallback: a Sinkhorn block from the current iterate (F only increases along
+                # accepted steps and Sinkhorn steps); a model that gave no step is made denser
                 rec["n_newton"] += 1
-                x, y = best[1].copy(), best[2].copy()
-                k_new = min(2 * k, m, K_MAX)
+                k_new = min(2 * k, m, K_MAX) if not stagnated else k
                 if sk_budget[0] <= 0:
                     status, message = "fallback_exhausted", f"{fail}; Sinkhorn budget exhausted"
                     break
-                err_sk, st = sinkhorn(max(solver.n_sinkhorn, 10), tol)
-                rec["fallbacks"].append(f"Newton step {rec['n_newton']}: {fail}; ran Sinkhorn iterations from "
-                                        f"the best iterate (error {err_sk:.3g}), k_row {k} -> {k_new}")
+                x_keep, y_keep = x.copy(), y.copy()
+                err_sk, st = sinkhorn(max(solver.n_sinkhorn, 10), tol_sk, None)
+                rec["fallbacks"].append(f"Newton step {rec['n_newton']}: {fail}; ran Sinkhorn iterations (error "
+                                        f"{err_sk:.3g})" + (f", k_row {k} -> {k_new}" if k_new != k else ""))
                 if st == 2:
-                    x, y = best[1].copy(), best[2].copy()
-                k = k_new
+                    x[...], y[...] = x_keep, y_keep
+                k, csr = k_new, None
                 dzx, dzy = cp.zeros(n, dtype=dtype), cp.zeros(m, dtype=dtype)
-                bad_steps = 0
-                row, col, _ = stats(x, y)
-            if best[0] < err:
-                x, y = best[1], best[2]
+                bad_steps, step_errs = 0, []
+                row, col, mass = stats(x, y)
+                if not np.isfinite(mass):
+                    x[...], y[...] = best[1], best[2]
+                    row, col, mass = stats(x, y)
+        x, y = best[1], best[2]
         elapsed = time.perf_counter() - t0
 
         f_full = cp.full(n_full, -cp.inf, dtype=dtype)
@@ -309,6 +347,6 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
         errors=errors, message=message, status=status, epsilon=eps, plan_fn=plan,
         n_sinkhorn=rec["n_sinkhorn"], n_newton=rec["n_newton"], cg_iterations=rec["cg_iterations"],
         cg_residuals=rec["cg_residuals"], step_sizes=rec["step_sizes"], nnz_per_row=k,
-        fallbacks=rec["fallbacks"], newton_times=rec["newton_times"], sinkhorn_time=rec["sinkhorn_time"],
+        kept_mass=rec["kept_mass"], fallbacks=rec["fallbacks"], newton_times=rec["newton_times"], sinkhorn_time=rec["sinkhorn_time"],
         time=elapsed, backend="cupy",
     )

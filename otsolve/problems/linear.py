@@ -58,7 +58,9 @@ class LinearProblem:
     @property
     def is_uniform(self) -> bool:
         n, m = self.shape
-        return bool(np.allclose(np.asarray(self.a), 1.0 / n) and np.allclose(np.asarray(self.b), 1.0 / m))
+        a, b = self.a, self.b  # NumPy or CuPy: reduce on the arrays' device, read one bool back
+        # np.allclose(a, 1/n) semantics (rtol 1e-5, atol 1e-8)
+        return bool(abs(a - 1.0 / n).max() <= 1e-8 + 1e-5 / n and abs(b - 1.0 / m).max() <= 1e-8 + 1e-5 / m)
 
     def require_epsilon(self) -> float:
         if self.epsilon is None:
