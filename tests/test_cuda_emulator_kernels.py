@@ -2,6 +2,9 @@
 reports where a GPU would hang or silently misbehave. Compared with NumPy on random inputs."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,12 +52,18 @@ extern "C" __global__ void divergent_barrier(float* x) {
   if (threadIdx.x < 16) __syncthreads();
   else __syncwarp();
 }
+// a missing __syncthreads: neighbours' writes are read before they are certain to have happened
+extern "C" __global__ void racy(float* out) {
+  __shared__ float s[64];
+  s[threadIdx.x] = (float)threadIdx.x + 1000.0f * blockIdx.x;
+  out[blockIdx.x * 64 + threadIdx.x] = s[(threadIdx.x + 1) % 64];
+}
 extern "C" __global__ void partial_mask(float* x) {
   x[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, x[threadIdx.x], 1);
 }
 """
 EXPRS = ["block_sum<float>", "block_sum<double>", "shuffles", "coords", "exits_early", "divergent_barrier",
-         "partial_mask"]
+         "partial_mask", "racy"]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +118,16 @@ def test_undefined_behaviour_is_reported(cp, module, name, block, args, match):
         module.get_function(name)((1,), (block,), args(cp))
 
 
+def test_random_schedules_expose_a_planted_race(cp, module, monkeypatch):
+    outs = []
+    for seed in ("0", "1", "2"):
+        monkeypatch.setenv("OTSOLVE_CUDA_EMULATOR_SCHEDULE", seed)
+        out = cp.zeros(4 * 64, dtype=cp.float32)
+        module.get_function("racy")((4,), (64,), (out,))
+        outs.append(out.get())
+    assert not (np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2]))
+
+
 def test_argument_types_are_checked(cp, module):
     k = module.get_function("block_sum<double>")
     x, out = cp.zeros(10), cp.zeros(1)
@@ -151,3 +170,87 @@ def test_otsolve_sources_compile(cp):
         mod = cp.RawModule(code=cuda_kernels.load_source(source), options=("-std=c++14",),
                            name_expressions=cuda_kernels._name_expressions(source))
         mod.compile()
+
+
+def _libasan() -> str | None:
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("g++")
+    if cxx is None:
+        return None
+    path = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return path if path and os.path.isabs(path) and os.path.exists(path) else None
+
+
+PLANTED = r'''
+import numpy as np
+from otsolve.testing import cuda_emulator
+cp = cuda_emulator.install()
+mod = cp.RawModule(code="""extern "C" __global__ void oob(const double* x, double* y, long long n) {
+  long long i = blockIdx.x * blockDim.x + threadIdx.x; y[i] = 2 * x[i]; }""", name_expressions=["oob"])
+mod.get_function("oob")((1,), (128,), (cp.zeros(100), cp.zeros(100), np.int64(100)))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_libasan() is None, reason="needs the compiler's AddressSanitizer runtime")
+def test_kernels_are_memory_safe_under_addresssanitizer(tmp_path):
+    """compute-sanitizer's memcheck, on the CPU: the kernels built with -fsanitize=address run
+    the GPU tests' kernel checks; a planted out-of-bounds kernel proves accesses are checked."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OTSOLVE_CUDA_EMULATOR_SANITIZE="1", OTSOLVE_CUDA_EMULATOR_CACHE=str(tmp_path),
+               ASAN_OPTIONS="detect_leaks=0", LD_PRELOAD=_libasan())
+    env.pop("OTSOLVE_CUDA_EMULATOR", None)
+    planted = subprocess.run([sys.executable, "-c", PLANTED], env=env, capture_output=True, text=True, timeout=300)
+    assert planted.returncode != 0 and "heap-buffer-overflow" in planted.stderr
+    tests = Path(__file__).with_name("test_gpu.py")
+    run = subprocess.run([sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", "-x",
+                          "-k", "passes_match or topk or batched_kernels or sns_cupy"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "AddressSanitizer" not in run.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_otsolve_kernels_are_race_free(cp, rng, monkeypatch, dtype):
+    """Racecheck on the CPU: each block's threads in several pseudo-random orders give the same
+    bits (only the Hessian matvec's atomics may round differently: its sums are unordered)."""
+    from otsolve.backends.cupy_sinkhorn import CudaGeometry, CudaSinkhornEngine
+    from otsolve.backends.cupy_sns import hessian_matvec, sparsified_hessian
+
+    n, m, d, eps = 70, 45, 3, 0.1
+    x, y = rng.random((n, d)).astype(dtype), rng.random((m, d)).astype(dtype)
+    C = ((x[:, None] - y[None]) ** 2).sum(-1)
+    f0, g0 = (rng.normal(size=n) * 0.05).astype(dtype), (rng.normal(size=m) * 0.05).astype(dtype)
+    zx, zy = rng.normal(size=n).astype(dtype), rng.normal(size=m).astype(dtype)
+
+    def run():
+        out = []
+        for geo in (CudaGeometry(C=cp.asarray(C)[None]), CudaGeometry(X=cp.asarray(x)[None], Y=cp.asarray(y)[None])):
+            eng = CudaSinkhornEngine(geo)
+            f, g = cp.asarray(f0)[None], cp.asarray(g0)[None]
+            act = cp.zeros(1, dtype=cp.int32)
+            err = cp.zeros(1)
+            eng.row_pass(f, g, cp.log(cp.full((1, n), 1 / n, dtype=dtype)), eps, act, 0, err_out=err)
+            eng.col_pass(f, g, cp.log(cp.full((1, m), 1 / m, dtype=dtype)), eps, act, 0)
+            row, col, cost = eng.plan_stats(f, g, eps, act)
+            indptr, idx, data = sparsified_hessian(geo, f[0], g[0], eps, 10)
+            out += [a.get() for a in (f, g, err, row, col, cost, idx, data)]
+            yx, yy = hessian_matvec(indptr, idx, data, row[0].astype(dtype), col[0].astype(dtype),
+                                    cp.asarray(zx), cp.asarray(zy), 2.0)
+            out.append(("approx", yx.get(), yy.get()))
+        return out
+
+    monkeypatch.delenv("OTSOLVE_CUDA_EMULATOR_SCHEDULE", raising=False)
+    ref = run()
+    for seed in ("1", "7", "12345"):
+        monkeypatch.setenv("OTSOLVE_CUDA_EMULATOR_SCHEDULE", seed)
+        for r, o in zip(ref, run()):
+            if isinstance(r, tuple):
+                for u, v in zip(r[1:], o[1:]):
+                    np.testing.assert_allclose(v, u, rtol=1e-5 if dtype == np.float32 else 1e-12)
+            else:
+                np.testing.assert_array_equal(o, r)

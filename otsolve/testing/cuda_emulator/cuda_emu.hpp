@@ -12,6 +12,9 @@
 //   * kernel arguments whose type or size differs from the parameter's (the launcher checks
 //     each value and each pointer's element type against the kernel's signature),
 //   * fiber stack overflow.
+// OTSOLVE_CUDA_EMULATOR_SCHEDULE=<seed> runs each block's threads in a pseudo-random order (a
+// race check: results must not change); OTSOLVE_CUDA_EMULATOR_SANITIZE=1 builds the kernels with
+// AddressSanitizer (out-of-bounds accesses reported, like compute-sanitizer's memcheck).
 // Only full-mask (0xffffffff) warp operations of width 32 are supported, which is all otsolve
 // uses. Atomics are plain read-modify-writes (one OS thread runs every fiber).
 #pragma once
@@ -74,6 +77,8 @@ struct State {
   std::vector<Barrier> warps;
   std::vector<std::uint64_t> slots;  // 32 shuffle slots per warp
   std::function<void()> body;
+  std::vector<unsigned> order;
+  std::uint64_t schedule_seed = 0;
   std::string error;
   uint3 bidx{0, 0, 0};
   dim3 bdim, gdim;
@@ -120,9 +125,40 @@ otsemu_swap:
 #error "the otsolve CUDA emulator supports x86-64 hosts only"
 #endif
 
+// AddressSanitizer builds (OTSOLVE_CUDA_EMULATOR_SANITIZE=1) tell ASan about each stack switch,
+// so that out-of-bounds accesses of the kernels are reported like compute-sanitizer's memcheck.
+#ifdef OTSEMU_ASAN
+extern "C" {
+void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, std::size_t size);
+void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, std::size_t* size_old);
+}
+#endif
+
 namespace otsemu {
 
-inline void yield_to_scheduler() { otsemu_swap(&g.cur->sp, g.sched_sp); }
+#ifdef OTSEMU_ASAN
+struct AsanStacks {
+  const void* sched_bottom = nullptr;
+  std::size_t sched_size = 0;
+  void* sched_fake = nullptr;
+};
+inline AsanStacks asan;
+#endif
+
+// fiber -> scheduler (the fiber may be resumed later unless `final`)
+inline void switch_to_scheduler(bool final = false) {
+#ifdef OTSEMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(final ? nullptr : &fake, asan.sched_bottom, asan.sched_size);
+  otsemu_swap(&g.cur->sp, g.sched_sp);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  (void)final;
+  otsemu_swap(&g.cur->sp, g.sched_sp);
+#endif
+}
+
+inline void yield_to_scheduler() { switch_to_scheduler(false); }
 
 // Wait until `b` completes (all its expected members arrived). Returns false if the emulation
 // was aborted meanwhile (never, in practice: an aborted fiber is not resumed).
@@ -194,9 +230,12 @@ inline void thread_exit() {
 }  // namespace otsemu
 
 extern "C" void otsemu_fiber_entry() {
+#ifdef OTSEMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &otsemu::asan.sched_bottom, &otsemu::asan.sched_size);
+#endif
   otsemu::g.body();
   otsemu::thread_exit();
-  otsemu_swap(&otsemu::g.cur->sp, otsemu::g.sched_sp);
+  otsemu::switch_to_scheduler(true);
   std::abort();  // a finished fiber is never resumed
 }
 
@@ -345,14 +384,33 @@ inline bool run_block(unsigned nthreads) {
     for (int r = 0; r < 6; ++r) *--sp = nullptr;
     f.sp = sp;
   }
+  // Schedule: threads in index order, or (OTSOLVE_CUDA_EMULATOR_SCHEDULE=<seed>) in a per-block
+  // pseudo-random order: a kernel free of data races gives bit-identical results either way.
+  std::vector<unsigned>& order = g.order;
+  order.resize(nthreads);
+  for (unsigned t = 0; t < nthreads; ++t) order[t] = t;
+  if (g.schedule_seed) {
+    std::uint64_t st = g.schedule_seed * 0x9E3779B97F4A7C15ULL + g.bidx.x + 65536ULL * (g.bidx.y + 65536ULL * g.bidx.z);
+    for (unsigned t = nthreads; t > 1; --t) {  // Fisher-Yates with a 64-bit LCG
+      st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+      std::swap(order[t - 1], order[(unsigned)((st >> 33) % t)]);
+    }
+  }
   unsigned alive = nthreads;
   while (alive > 0) {
     bool progressed = false;
-    for (unsigned t = 0; t < nthreads; ++t) {
+    for (unsigned q = 0; q < nthreads; ++q) {
+      const unsigned t = order[q];
       Fiber& f = g.fibers[t];
       if (f.done || (f.wait_gen && *f.wait_gen == f.wait_value)) continue;
       g.cur = &f;
+#ifdef OTSEMU_ASAN
+      __sanitizer_start_switch_fiber(&asan.sched_fake, g.stacks[t], kStackSize);
       otsemu_swap(&g.sched_sp, f.sp);
+      __sanitizer_finish_switch_fiber(asan.sched_fake, nullptr, nullptr);
+#else
+      otsemu_swap(&g.sched_sp, f.sp);
+#endif
       g.cur = nullptr;
       progressed = true;
       if (!g.error.empty()) return false;  // abandon the block's fibers
@@ -423,6 +481,8 @@ int launch(void (*kernel)(A...), const unsigned* gb, const int* info, void** arg
   if (grid.y > 65535 || grid.z > 65535) return report("invalid configuration: grid.y or grid.z > 65535");
   if (grid.x > 2147483647u) return report("invalid configuration: grid.x > 2^31 - 1");
 
+  const char* sched = std::getenv("OTSOLVE_CUDA_EMULATOR_SCHEDULE");
+  g.schedule_seed = sched ? std::strtoull(sched, nullptr, 10) : 0;
   auto tup = unpack<A...>(args, std::index_sequence_for<A...>{});
   g.body = [&]() { std::apply(kernel, tup); };
   g.bdim = block;

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["RawModule", "RawKernel", "CUDAEmulatorError", "compiler", "cache_dir"]
+__all__ = ["RawModule", "RawKernel", "CUDAEmulatorError", "compiler", "cache_dir", "sanitize"]
 
 _HEADER = Path(__file__).with_name("cuda_emu.hpp")
 _KIND = {"i": 1, "u": 2, "f": 3, "b": 4}
@@ -38,6 +38,12 @@ class CUDAEmulatorError(RuntimeError):
 def compiler() -> str | None:
     """The C++ compiler the emulator uses (``$CXX`` or g++), or None when there is none."""
     return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def sanitize() -> bool:
+    """True when kernels are built with AddressSanitizer (``OTSOLVE_CUDA_EMULATOR_SANITIZE=1``;
+    the Python process must then run with ``LD_PRELOAD`` of the compiler's ``libasan.so``)."""
+    return os.environ.get("OTSOLVE_CUDA_EMULATOR_SANITIZE", "") not in ("", "0")
 
 
 def cache_dir() -> Path:
@@ -64,6 +70,8 @@ def _build(code: str, exprs: Sequence[str], options: Sequence[str]) -> ctypes.CD
         raise CUDAEmulatorError("the CUDA emulator needs a C++ compiler (g++ or $CXX); none was found")
     text = code + _launchers(exprs)
     defines = [o for o in options if o.startswith(("-D", "-I"))]  # NVRTC options that mean the same to g++
+    if sanitize():
+        defines += ["-fsanitize=address", "-fno-omit-frame-pointer", "-DOTSEMU_ASAN"]
     key = hashlib.sha256("\0".join([text, _HEADER.read_text(), *defines]).encode()).hexdigest()[:24]
     d = cache_dir()
     d.mkdir(parents=True, exist_ok=True)
