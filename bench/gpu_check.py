@@ -100,10 +100,11 @@ BW = [None]
 EMULATED = [False]
 
 
-@guarded("tests: pytest tests/test_gpu.py tests/test_backends.py")
+@guarded("tests: pytest tests/test_gpu.py tests/test_backends.py tests/test_torch.py")
 def run_tests() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_gpu.py", "tests/test_backends.py", "-q",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_gpu.py", "tests/test_backends.py",
+                           "tests/test_torch.py", "-q",
                            "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=240)
     print(proc.stdout[-6000:], proc.stderr[-2000:])

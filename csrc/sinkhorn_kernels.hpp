@@ -132,6 +132,8 @@ struct Relaxation {
   std::vector<double> plain;    // errors seen with omega == 1 since the last reset
   std::vector<double> relaxed;  // errors seen with the current omega > 1
   double best = std::numeric_limits<double>::infinity();
+  double stall_ref = std::numeric_limits<double>::infinity();  // error at the last 10% gain
+  int stall_count = 0;  // relaxed iterations since then
 
   explicit Relaxation(double w) {
     adaptive = !(w > 0.0);
@@ -142,6 +144,8 @@ struct Relaxation {
     plain.clear();
     relaxed.clear();
     best = std::numeric_limits<double>::infinity();
+    stall_ref = std::numeric_limits<double>::infinity();
+    stall_count = 0;
   }
   void observe(double err) {
     if (!adaptive) return;
@@ -158,6 +162,8 @@ struct Relaxation {
         if (kappa > 0.0 && kappa < 0.999) {
           omega = std::min(1.9, 2.0 / (1.0 + std::sqrt(1.0 - kappa)));
           best = err;
+          stall_ref = err;
+          stall_count = 0;
           relaxed.assign(1, err);
         }
       }
@@ -166,6 +172,16 @@ struct Relaxation {
     best = std::min(best, err);
     if (err > 10.0 * best) {  // over-relaxation is hurting: back to plain steps, re-measure
       reset();
+      return;
+    }
+    // Stalled: no 10% gain in 100 relaxed iterations. Rounding (float32 costs) gives the
+    // over-relaxed map a higher error floor than plain Sinkhorn's: plain steps for good.
+    if (err < 0.9 * stall_ref) {
+      stall_ref = err;
+      stall_count = 0;
+    } else if (++stall_count >= 100) {
+      reset();
+      adaptive = false;
       return;
     }
     // Refine: Young's relation (rho + w - 1)^2 = rho w^2 kappa links the observed rate rho at

@@ -114,3 +114,39 @@ def test_kernel_rejects_wrong_lengths():
     C = np.zeros((3, 4))
     with pytest.raises(ValueError, match="length"):
         K.sinkhorn_dense(C, np.zeros(2), np.zeros(4), np.zeros(3), np.zeros(4), 1.0, 1, 0.0)
+
+
+def test_relaxation_gives_up_when_stalled():
+    """Adaptive over-relaxation that stops making progress (a rounding floor) returns to plain
+    steps for good; a steadily converging run keeps relaxing."""
+    from otsolve.kernels.reference import Relaxation
+
+    r = Relaxation(-1.0)
+    for k in range(12):
+        r.observe(0.5**k)  # plain phase: rate 0.5 measured, relaxation starts
+    assert r.omega > 1
+    r.observe(1e-6)  # a gain, then no 10% gain for 100 relaxed iterations
+    for _ in range(99):
+        r.observe(1e-6)
+    assert r.omega > 1 and r.adaptive
+    r.observe(1e-6)
+    assert r.omega == 1.0 and not r.adaptive
+    for k in range(30):
+        r.observe(1e-6 * 0.5**k)
+    assert r.omega == 1.0
+    steady = Relaxation(-1.0)
+    for k in range(400):
+        steady.observe(0.9**k)
+    assert steady.omega > 1 and steady.adaptive
+
+
+def test_float32_costs_converge_with_adaptive_relaxation(rng):
+    """float32 costs: the relaxed map stalls at a rounding floor above tol; the solver must still
+    converge at the default float32 tol (compiled kernels and the NumPy reference alike)."""
+    import otsolve
+
+    x, y = rng.random((150, 3)).astype(np.float32), rng.random((120, 3)).astype(np.float32)
+    prob = otsolve.LinearProblem(otsolve.PointCloud(x, y), epsilon=0.01)
+    for compiled in (True, False):
+        res = otsolve.Sinkhorn(compiled=compiled)(prob)
+        assert res.converged and res.marginal_error <= 1e-6 and res.n_iter < 2000

@@ -236,3 +236,20 @@ def test_no_warning_when_converged(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         otsolve.solve(a, b, C, epsilon=0.1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pointcloud_stored_kernel_matches_on_the_fly(rng, dtype):
+    """Point clouds: "auto" materialises the cost and iterates on the stored kernel when it fits;
+    the on-the-fly log sweeps ("log", or a zero memory budget) reach the same solution."""
+    x, y = rng.random((150, 3)).astype(dtype), rng.random((120, 3)).astype(dtype)
+    prob = otsolve.LinearProblem(otsolve.PointCloud(x, y), epsilon=0.01)
+    tol = 1e-9 if dtype == np.float64 else 1e-6
+    stored = otsolve.Sinkhorn(tol=tol)(prob)
+    fly = otsolve.Sinkhorn(tol=tol, mode="log")(prob)
+    budget0 = otsolve.Sinkhorn(tol=tol, kernel_memory=0)(prob)
+    assert stored.converged and fly.converged and budget0.converged
+    assert budget0.n_iter == fly.n_iter
+    atol = 1e-9 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(stored.plan, fly.plan, atol=atol)
+    np.testing.assert_allclose(stored.cost, fly.cost, rtol=1e-7 if dtype == np.float64 else 1e-4)

@@ -85,9 +85,12 @@ class Sinkhorn:
         costs, a stabilized kernel-domain scheme with absorption (Schmitzer 2019) that stores the
         Gibbs kernel once and then iterates without exp; it hands back to log sweeps whenever a
         kernel row or column underflows, so it is exactly as stable. "auto" uses "scaling" for
-        dense costs whose kernel fits in ``kernel_memory`` bytes, "log" otherwise.
+        dense costs whose kernel fits in ``kernel_memory`` bytes and for point clouds whose cost
+        and kernel (``2 n m`` entries) fit (the cost is then materialised once), "log" otherwise
+        (point clouds: the cost computed in every sweep, O((n + m) d) memory).
     kernel_memory : float, default 4e9
-        Most bytes the "auto" mode may spend on the stored kernel.
+        Most bytes the "auto" mode may spend on the stored kernel (and, for point clouds, the
+        materialised cost).
     n_threads : int, default 0
         OpenMP threads of the compiled kernels (0 = all).
     compiled : bool, default True
@@ -146,6 +149,13 @@ class Sinkhorn:
         log_a, log_b = safe_log(problem.a), safe_log(problem.b)
         K = get_sinkhorn_kernels(self.compiled)
         kind, args = compiled_cost_args(geom)
+        if kind == "pointcloud" and self.mode != "log":
+            # Materialising the cost once and iterating on the stored kernel is ~3.5x faster
+            # than computing the cost in every sweep (n = 4000, d = 2): do it when the cost and
+            # the kernel fit in the budget.
+            itemsize = np.dtype(problem.dtype).itemsize
+            if self.mode == "scaling" or 2 * n * m * itemsize <= self.kernel_memory:
+                kind, args = "dense", (np.ascontiguousarray(geom.cost_matrix),)
         sweep = K.sinkhorn_dense if kind == "dense" else K.sinkhorn_pointcloud
 
         if self.epsilon_scaling:
@@ -155,9 +165,10 @@ class Sinkhorn:
         else:
             schedule = [eps]
 
-        # The kernels' error is exact up to rounding; keep a margin so that the error recomputed
-        # from scratch below (plan_statistics) also honours tol.
-        tol_kernel = max(tol - 16 * (n + m) * np.finfo(float).eps * float(np.sum(problem.a)), 0.5 * tol)
+        # The kernels' error is exact up to rounding (in the cost's precision: float32 costs
+        # round each line's sum at ~1e-7); keep a margin so that the error recomputed from
+        # scratch below (plan_statistics) also honours tol.
+        tol_kernel = max(tol - 16 * (n + m) * np.finfo(problem.dtype).eps * float(np.sum(problem.a)), 0.5 * tol)
         omega = -1.0 if self.omega is None else float(self.omega)
         workspace = None
         if kind == "dense":
