@@ -9,7 +9,9 @@ load of a shared machine hits all methods alike):
    pixel grid, squared-Euclidean cost scaled to max 1, eps = 0.01 and 0.002: otsolve SNS,
    otsolve Sinkhorn, RegOT ``sinkhorn_ssns``, POT ``sinkhorn_log`` (iteration capped);
 3. scaling: n = 2000 and 5000 random problems at eta = 1200: SNS time per Newton step and
-   total, against otsolve Sinkhorn given the same or a larger time budget.
+   total, against otsolve Sinkhorn given the same or a larger time budget;
+4. small: near-permutation problems (n = 100-300, eta = 1200) where Jacobi-PCG stalls: SNS with
+   its direct fallback, SNS with CG only, and otsolve Sinkhorn.
 
 ``python bench/bench_sns.py --quick`` runs tiny sizes (CI); ``--out FILE`` writes the tables.
 """
@@ -195,11 +197,39 @@ def scaling(cases, tol, repeats):
              f"{t_sk / t_sns:.3g}x |")
 
 
+def small_near_permutation(ns, seeds, eta, tol, sinkhorn_iters):
+    """Small random assignments at large eta: near-permutation plans whose sparsified Hessian
+    Jacobi-PCG cannot solve; SNS with its direct fallback vs CG only vs otsolve Sinkhorn."""
+    import otsolve.solvers.sns as sns_mod
+
+    emit(f"\n## Small near-permutation problems (eta = {eta}, C ~ U[0,1], tol {tol:g})\n")
+    emit("| n | seed | SNS (default) s | Newton steps / direct solves | converged | SNS, CG only s | "
+         "converged (error) | otsolve Sinkhorn s | iterations | converged (error) |")
+    emit("|---|---|---|---|---|---|---|---|---|---|")
+    keep = sns_mod.DIRECT_MAX
+    for n in ns:
+        for seed in seeds:
+            C = np.random.default_rng(seed).random((n, n))
+            prob = otsolve.LinearProblem(C, epsilon=1.0 / eta)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0, r = timed(lambda: SinkhornNewtonSparse(tol=tol)(prob))
+                sns_mod.DIRECT_MAX = 0  # the behaviour before the fallback: CG only
+                try:
+                    t1, r1 = timed(lambda: SinkhornNewtonSparse(tol=tol)(prob))
+                finally:
+                    sns_mod.DIRECT_MAX = keep
+                t2, s = timed(lambda: otsolve.Sinkhorn(tol=tol, max_iter=sinkhorn_iters)(prob))
+            emit(f"| {n} | {seed} | {t0:.3f} | {r.n_newton} / {r.direct_solves} | {r.converged} | {t1:.3f} | "
+                 f"{r1.converged} ({r1.marginal_error:.1e}) | {t2:.2f} | {s.n_iter} | {s.converged} "
+                 f"({s.marginal_error:.1e}) |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--out", help="also write the tables (markdown) to this file")
-    parser.add_argument("--parts", default="random,images,scaling",
+    parser.add_argument("--parts", default="random,images,scaling,small",
                         help="comma-separated parts; add 'bcd' to also run RegOT sinkhorn_bcd "
                              "(minutes) in the random-assignment part")
     args = parser.parse_args()
@@ -213,6 +243,8 @@ def main() -> int:
             images(12, [0.01], 1e-8, repeats=2, pot_iters=500, sinkhorn_iters=20_000)
         if "scaling" in parts:
             scaling([(300, 1200)], 1e-8, repeats=1)
+        if "small" in parts:
+            small_near_permutation([120], [3], 1200, 1e-9, sinkhorn_iters=2_000)
     else:
         if "random" in parts:
             random_assignment(500, 1200, 1e-8, repeats=7, sinkhorn_iters=100_000, bcd="bcd" in parts)
@@ -224,6 +256,8 @@ def main() -> int:
             # the n = 500, eta = 1200 problem: at fixed eta larger random problems get easier)
             scaling([(500, 1200), (2000, 1200), (2000, 4800), (5000, 1200), (5000, 12000)], 1e-8,
                     repeats=1)
+        if "small" in parts:
+            small_near_permutation([100, 120, 200, 300], [3, 4], 1200, 1e-9, sinkhorn_iters=100_000)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(LINES) + "\n")

@@ -248,3 +248,12 @@ def test_problem_on_device_properties(rng):
     assert prob.is_uniform and prob.shape == (10, 12)
     w = cp.asarray(rng.random(10) + 0.5)
     assert not otsolve.LinearProblem(cp.asarray(rng.random((10, 12))), w / w.sum(), None, epsilon=0.1).is_uniform
+
+
+def test_sns_near_permutation_uses_the_direct_fallback():
+    rng = np.random.default_rng(3)
+    C = rng.random((120, 120))
+    ref = otsolve.SinkhornNewtonSparse(tol=1e-9)(otsolve.LinearProblem(C, epsilon=1 / 1200))
+    res = otsolve.SinkhornNewtonSparse(tol=1e-9)(otsolve.LinearProblem(cp.asarray(C), epsilon=1 / 1200))
+    assert ref.converged and res.converged and res.direct_solves >= 1
+    np.testing.assert_allclose(res.plan.get(), ref.plan, atol=1e-8)

@@ -32,7 +32,8 @@ from ..geometry import PointCloud
 from ..solvers._common import default_tol
 from ..solvers.result import OTResult
 from .cuda_kernels import get_kernel
-from ..solvers.sns import _ALPHA_MIN, _ARMIJO_C, _DENSE_KEPT, _FORCING_MAX, _FORCING_POW, _PATIENCE
+from ..solvers.sns import (_ALPHA_MIN, _ARMIJO_C, _DENSE_KEPT, _FORCING_MAX, _FORCING_POW, _PATIENCE, DIRECT_MAX,
+                           direct_newton_solve)
 from .cupy_sinkhorn import CudaGeometry, CudaSinkhornEngine, _as_device_potentials, sinkhorn_loop
 
 __all__ = ["solve_sns_cupy", "sparsified_hessian", "hessian_matvec", "K_MAX"]
@@ -160,7 +161,7 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
         tol_sk = max(tol - 16 * (n + m) * np.finfo(float).eps * float(a.sum()), 0.5 * tol)
         errors: list[float] = []
         rec = dict(n_sinkhorn=0, n_newton=0, cg_iterations=[], cg_residuals=[], step_sizes=[], kept_mass=[],
-                   fallbacks=[], newton_times=[], sinkhorn_time=0.0)
+                   fallbacks=[], newton_times=[], sinkhorn_time=0.0, direct_solves=0)
         sk_budget = [int(solver.max_sinkhorn)]
         t0 = time.perf_counter()
 
@@ -273,6 +274,14 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
                     dzx, dzy, its, res = _pcg(csr, row, col, T(eps) * gx, T(eps) * gy, dzx, dzy, rtol, cg_maxiter)
                     rec["cg_iterations"].append(int(its))
                     rec["cg_residuals"].append(float(res))
+                    if not res <= rtol and n + m <= DIRECT_MAX:  # CG stalled: dense solve on the host
+                        kk = int(csr[1].size) // n
+                        rhs = cp.concatenate([T(eps) * gx, T(eps) * gy]).get()
+                        z = direct_newton_solve(row.get(), col.get(), csr[1].get().reshape(n, kk),
+                                                csr[2].get().reshape(n, kk), rhs)
+                        if z is not None:
+                            dzx, dzy = cp.asarray(z[:n].astype(dtype)), cp.asarray(z[n:].astype(dtype))
+                            rec["direct_solves"] += 1
                     shift = (dzx.sum() - dzy.sum()) / (n + m)  # gauge direction (1, -1) out
                     dzx -= shift
                     dzy += shift
@@ -346,7 +355,7 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
         converged=converged, n_iter=rec["n_sinkhorn"] + rec["n_newton"], marginal_error=merr0,
         errors=errors, message=message, status=status, epsilon=eps, plan_fn=plan,
         n_sinkhorn=rec["n_sinkhorn"], n_newton=rec["n_newton"], cg_iterations=rec["cg_iterations"],
-        cg_residuals=rec["cg_residuals"], step_sizes=rec["step_sizes"], nnz_per_row=k,
+        cg_residuals=rec["cg_residuals"], direct_solves=rec["direct_solves"], step_sizes=rec["step_sizes"], nnz_per_row=k,
         kept_mass=rec["kept_mass"], fallbacks=rec["fallbacks"], newton_times=rec["newton_times"], sinkhorn_time=rec["sinkhorn_time"],
         time=elapsed, backend="cupy",
     )

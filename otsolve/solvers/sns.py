@@ -30,7 +30,7 @@ from ._common import (
 )
 from .result import OTResult
 
-__all__ = ["SinkhornNewtonSparse", "get_sns_kernels"]
+__all__ = ["SinkhornNewtonSparse", "get_sns_kernels", "direct_newton_solve"]
 
 try:  # built by `pip install .` from csrc/_ext_sns.cpp
     from .. import _ext_sns as _compiled_sns
@@ -48,6 +48,47 @@ _DENSE_KEPT = 0.9
 # Inexact-Newton forcing term: CG relative residual min(_FORCING_MAX, err**_FORCING_POW).
 _FORCING_MAX = 1e-1
 _FORCING_POW = 0.5
+# Up to this n + m, a Newton system that CG leaves above its tolerance is solved directly (dense
+# Cholesky, ~0.2 s at 3000): near-permutation plans (small n, large eta) make M~ so ill-conditioned
+# that Jacobi-PCG stalls, and SNS then stalls with it.
+DIRECT_MAX = 3000
+
+
+def direct_newton_solve(row, col, kidx, kval, rhs) -> np.ndarray | None:
+    """Solve the sparsified Newton system as projected CG does, but directly; None on failure.
+
+    ``M~ = [[diag(row), P~], [P~^T, diag(col)]]`` with ``P~`` given per row by the kept columns
+    ``kidx`` (n, k) and values ``kval``. With ``v = (1_n, -1_m)`` (the gauge direction, spec
+    sinkhorn_sns.md §3) and ``Pi`` the projection onto its complement, returns the ``z`` with
+    ``Pi M~ Pi z = Pi rhs`` and ``v . z = 0``: a dense Cholesky solve of
+    ``Pi M~ Pi + s v v^T / (n + m)`` (positive definite; ``s`` = mean diagonal keeps it scaled).
+    """
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve  # noqa: PLC0415
+
+    row, col = np.asarray(row, dtype=np.float64), np.asarray(col, dtype=np.float64)
+    n, m = row.size, col.size
+    N = n + m
+    M = np.zeros((N, N))
+    M[np.arange(n), np.arange(n)] = row
+    M[n + np.arange(m), n + np.arange(m)] = col
+    ii = np.repeat(np.arange(n), kidx.shape[1])
+    jj = n + np.asarray(kidx, dtype=np.int64).ravel()
+    vv = np.asarray(kval, dtype=np.float64).ravel()
+    np.add.at(M, (ii, jj), vv)
+    np.add.at(M, (jj, ii), vv)
+    v = np.concatenate([np.ones(n), -np.ones(m)])
+    Mv = M @ v
+    vMv = float(v @ Mv)
+    # Pi M Pi = M - (Mv v^T + v Mv^T)/N + (v^T M v) v v^T / N^2, plus s v v^T / N
+    s = float(np.mean(np.diag(M))) or 1.0
+    A = M - (np.outer(Mv, v) + np.outer(v, Mv)) / N + (vMv / N**2 + s / N) * np.outer(v, v)
+    b = np.asarray(rhs, dtype=np.float64)
+    b = b - (b @ v) / N * v
+    try:
+        z = cho_solve(cho_factor(A, lower=True, check_finite=False), b, check_finite=False)
+    except (LinAlgError, ValueError):
+        return None
+    return z if np.all(np.isfinite(z)) else None
 
 
 def get_sns_kernels(compiled: bool = True) -> ModuleType:
@@ -143,7 +184,10 @@ class SinkhornNewtonSparse:
         Floor of the CG relative residual; the forcing term of step k is
         ``max(cg_rtol, min(0.1, sqrt(err_k)))`` (inexact Newton: loose far from the optimum).
     cg_maxiter : int, optional
-        CG iterations per Newton step (default ``max(500, n + m)``).
+        CG iterations per Newton step (default ``max(500, n + m)``). When CG ends above its
+        tolerance and ``n + m <= 3000``, the step's system is solved directly instead (dense
+        Cholesky; counted in ``result.direct_solves``): near-permutation plans at small n make
+        the sparsified Hessian too ill-conditioned for Jacobi-PCG.
     max_sinkhorn : int, default 10000
         Total Sinkhorn iterations (warm-up, automatic extension and fallbacks together).
     n_threads : int, default 0
@@ -272,6 +316,7 @@ class SinkhornNewtonSparse:
             n_newton=out["n_newton"],
             cg_iterations=out["cg_iterations"],
             cg_residuals=out["cg_residuals"],
+            direct_solves=out["direct_solves"],
             step_sizes=out["step_sizes"],
             nnz_per_row=out["k_row"],
             kept_mass=out["kept_mass"],
@@ -297,7 +342,7 @@ class SinkhornNewtonSparse:
         tol_sk = max(tol - 16 * (n + m) * np.finfo(float).eps * float(a.sum()), 0.5 * tol)
         errors: list[float] = []
         rec = dict(n_sinkhorn=0, n_newton=0, cg_iterations=[], cg_residuals=[], step_sizes=[],
-                   kept_mass=[], fallbacks=[], newton_times=[], sinkhorn_time=0.0)
+                   kept_mass=[], fallbacks=[], newton_times=[], sinkhorn_time=0.0, direct_solves=0)
         sk_budget = [int(self.max_sinkhorn)]
 
         # Sinkhorn blocks use the lead's stabilized kernel-domain iterations (Gibbs kernel stored
@@ -442,6 +487,11 @@ class SinkhornNewtonSparse:
                 its, res = K.sns_pcg(*sys_cur.arrays(), eps * grad, dz, rtol, cg_maxiter, nt)
                 rec["cg_iterations"].append(int(its))
                 rec["cg_residuals"].append(float(res))
+                if not res <= rtol and n + m <= DIRECT_MAX:
+                    z_direct = direct_newton_solve(sys_cur.row, sys_cur.col, sys_cur.kidx, sys_cur.kval, eps * grad)
+                    if z_direct is not None:
+                        dz[:] = z_direct
+                        rec["direct_solves"] += 1
                 shift = (dz[:n].sum() - dz[n:].sum()) / (n + m)  # gauge (1, -1) projected out
                 dz[:n] -= shift
                 dz[n:] += shift
