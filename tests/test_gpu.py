@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import otsolve
 from otsolve.backends import cupy_available
@@ -51,6 +53,18 @@ SHAPES = [(37, 45, 3), (1, 70, 6), (65, 1, 2), (200, 33, 5)]
 @pytest.mark.parametrize("kind", ["dense", "pointcloud", "euclidean"])
 @pytest.mark.parametrize("n, m, d", SHAPES)
 def test_passes_match_numpy(rng, dtype, kind, n, m, d):
+    _check_passes(rng, dtype, kind, n, m, d)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 70), m=st.integers(1, 70), d=st.integers(1, 6),
+       kind=st.sampled_from(["dense", "pointcloud", "euclidean"]), f32=st.booleans(), seed=st.integers(0, 2**31))
+def test_property_passes_match_numpy(n, m, d, kind, f32, seed):
+    _check_passes(np.random.default_rng(seed), np.float32 if f32 else np.float64, kind, n, m, d)
+
+
+def _check_passes(rng, dtype, kind, n, m, d):
+    """Marginals, <C, P> and one update pass each way of the CUDA kernels against NumPy."""
     eps = 0.2
     x, y = rng.random((n, d)).astype(dtype), rng.random((m, d)).astype(dtype)
     C = ((x[:, None] - y[None]) ** 2).sum(-1)
@@ -257,3 +271,19 @@ def test_sns_near_permutation_uses_the_direct_fallback():
     res = otsolve.SinkhornNewtonSparse(tol=1e-9)(otsolve.LinearProblem(cp.asarray(C), epsilon=1 / 1200))
     assert ref.converged and res.converged and res.direct_solves >= 1
     np.testing.assert_allclose(res.plan.get(), ref.plan, atol=1e-8)
+
+
+def test_large_batches_are_launched_in_slices(rng, monkeypatch):
+    """Batches above CUDA's grid.y / grid.z limit are launched in slices of the active ids;
+    a limit of 3 exercises the slicing on 7 and 8 problems."""
+    import otsolve.backends.cupy_sinkhorn as cs
+
+    monkeypatch.setattr(cs, "_MAX_GRID_YZ", 3)
+    C = rng.random((8, 20, 25))
+    C[5] *= 4  # a slower problem: the active list shrinks to a partial slice
+    x, y = rng.random((7, 15, 2)), rng.random((7, 18, 2))
+    for kw in (dict(cost=C), dict(x=x, y=y)):
+        cpu = BatchedSinkhorn(tol=1e-9)(BatchedLinearProblem(epsilon=0.1, **kw))
+        gpu = BatchedSinkhorn(tol=1e-9)(BatchedLinearProblem(epsilon=0.1, **{k: cp.asarray(v) for k, v in kw.items()}))
+        assert cpu.converged and gpu.converged
+        np.testing.assert_allclose(gpu.plan.get(), cpu.plan, atol=1e-9)
