@@ -5,24 +5,27 @@ from typing import Any
 
 import numpy as np
 
+from .backends import get_namespace
 from .problems import LinearProblem
 from .solvers.sinkhorn import Sinkhorn
 
 __all__ = ["sinkhorn", "sinkhorn2"]
 
 
-def _weights(w: Any, n: int, like: np.ndarray):
-    if w is None or (hasattr(w, "__len__") and len(w) == 0):
-        return np.full(n, 1.0 / n, dtype=like.dtype)
-    return w
+def _empty(w: Any) -> bool:
+    return w is None or (isinstance(w, (list, tuple)) and len(w) == 0) or getattr(w, "size", 1) == 0
 
 
 def _solve(a, b, M, reg, numItermax, stopThr, warn, **kwargs):
-    M = np.asarray(M)
+    # POT's backends: NumPy in -> NumPy out, CuPy in -> CuPy out (empty a / b mean uniform)
+    xp = get_namespace(M, *(w for w in (a, b) if not _empty(w)))
+    M = xp.asarray(M)
     n, m = M.shape if M.ndim == 2 else (0, 0)
-    prob = LinearProblem(M, _weights(a, n, M), _weights(b, m, M), epsilon=reg)
+    a = xp.full(n, 1.0 / n, dtype=M.dtype) if _empty(a) else a
+    b = xp.full(m, 1.0 / m, dtype=M.dtype) if _empty(b) else b
+    prob = LinearProblem(M, a, b, epsilon=reg)
     solver = Sinkhorn(tol=stopThr, max_iter=int(numItermax), warn=warn, **kwargs)
-    return solver(prob)
+    return solver(prob), xp
 
 
 def sinkhorn(a, b, M, reg: float, numItermax: int = 1000, stopThr: float = 1e-9, verbose: bool = False,
@@ -35,23 +38,22 @@ def sinkhorn(a, b, M, reg: float, numItermax: int = 1000, stopThr: float = 1e-9,
     ``f``, ``g`` and ``result``. Unlike POT, it is log-domain stable at any ``reg`` and
     ``stopThr`` bounds the L1 error of both marginals (POT: L2 of the second one), which is
     stricter. Extra keyword arguments go to :class:`otsolve.Sinkhorn` (e.g. ``epsilon_scaling``).
+    CuPy arrays in give CuPy arrays out (the GPU backend), as with POT's backends.
     """
-    res = _solve(a, b, M, reg, numItermax, stopThr, warn, **kwargs)
+    res, xp = _solve(a, b, M, reg, numItermax, stopThr, warn, **kwargs)
     if verbose:
         print(res)
     if not log:
         return res.plan
-    f = np.asarray(res.f, dtype=float)
-    g = np.asarray(res.g, dtype=float)
-    log_u, log_v = f / reg - 0.5, g / reg - 0.5
+    log_u, log_v = res.f.astype(xp.float64) / reg - 0.5, res.g.astype(xp.float64) / reg - 0.5
     with np.errstate(over="ignore"):
         info = {
             "err": list(res.errors),
             "niter": res.n_iter,
             "log_u": log_u,
             "log_v": log_v,
-            "u": np.exp(log_u),
-            "v": np.exp(log_v),
+            "u": xp.exp(log_u),
+            "v": xp.exp(log_v),
             "f": res.f,
             "g": res.g,
             "result": res,
@@ -62,9 +64,11 @@ def sinkhorn(a, b, M, reg: float, numItermax: int = 1000, stopThr: float = 1e-9,
 def sinkhorn2(a, b, M, reg: float, numItermax: int = 1000, stopThr: float = 1e-9, verbose: bool = False,
               log: bool = False, warn: bool = True, **kwargs: Any):
     """POT's ``ot.sinkhorn2``: the transport cost ``<M, P>`` of the entropic plan."""
-    res = _solve(a, b, M, reg, numItermax, stopThr, warn, **kwargs)
+    res, xp = _solve(a, b, M, reg, numItermax, stopThr, warn, **kwargs)
     if verbose:
         print(res)
+    # a Python float for NumPy input (as before); a 0-d device array for CuPy, as POT's backend
+    cost = res.cost if xp is np else xp.asarray(res.cost)
     if log:
-        return res.cost, {"err": list(res.errors), "niter": res.n_iter, "f": res.f, "g": res.g, "result": res}
-    return res.cost
+        return cost, {"err": list(res.errors), "niter": res.n_iter, "f": res.f, "g": res.g, "result": res}
+    return cost

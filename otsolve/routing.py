@@ -12,12 +12,13 @@ solved independently.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
 from ._validation import as_float_array, check_epsilon, check_finite, check_positive_int
+from .backends import is_cupy
 from .solvers.sparsity_constrained import ScotObjective, _adam, _lbfgs
 
 __all__ = ["route", "RoutingResult", "expert_capacity"]
@@ -104,7 +105,8 @@ def route(
     ----------
     scores : array_like (..., tokens, experts)
         Router logits (``normalize="softmax"``) or similarities (``normalize=None``); leading
-        dimensions are independent groups.
+        dimensions are independent groups. A CuPy array gives a result of CuPy arrays on its
+        device (the solves run on the host).
     capacity : int
         ``mode="experts_choose"``: the most tokens one expert takes (nonzeros per expert column),
         e.g. :func:`expert_capacity`. ``mode="tokens_choose"``: the most experts one token uses.
@@ -137,6 +139,15 @@ def route(
     >>> int(r.expert_load.max()) <= 12
     True
     """
+    if is_cupy(scores):
+        # CuPy in -> CuPy out on the same device; the per-group solves are CPU code (numba top-k)
+        import cupy as cp  # noqa: PLC0415
+
+        host = route(scores.get(), capacity, mode=mode, gamma=gamma, num_steps=num_steps, optimizer=optimizer,
+                     learning_rate=learning_rate, normalize=normalize, combine=combine, compiled=compiled)
+        with cp.cuda.Device(scores.device.id):
+            return replace(host, **{f.name: cp.asarray(getattr(host, f.name)) for f in fields(host)
+                                    if isinstance(getattr(host, f.name), np.ndarray)})
     x = as_float_array(scores, "scores")
     if x.ndim < 2:
         raise ValueError(f"scores must have shape (..., tokens, experts), got shape {x.shape}")

@@ -287,3 +287,71 @@ def test_large_batches_are_launched_in_slices(rng, monkeypatch):
         gpu = BatchedSinkhorn(tol=1e-9)(BatchedLinearProblem(epsilon=0.1, **{k: cp.asarray(v) for k, v in kw.items()}))
         assert cpu.converged and gpu.converged
         np.testing.assert_allclose(gpu.plan.get(), cpu.plan, atol=1e-9)
+
+
+def test_sparsity_constrained_cupy_in_cupy_out(rng):
+    C = rng.random((30, 40))
+    a, b = np.full(30, 1 / 30), np.full(40, 1 / 40)
+    solver = otsolve.SparsityConstrainedOT(k=3, gamma=10.0)
+    ref = solver(otsolve.LinearProblem(C, a, b))
+    res = solver(otsolve.LinearProblem(cp.asarray(C), cp.asarray(a), cp.asarray(b)))
+    assert isinstance(res.f, cp.ndarray) and isinstance(res.plan, cp.ndarray)
+    import cupyx.scipy.sparse as cusp
+
+    assert cusp.issparse(res.plan_sparse) and res.backend.startswith("cupy")
+    np.testing.assert_allclose(res.plan.get(), ref.plan, atol=1e-12)
+    np.testing.assert_allclose(res.plan_sparse.toarray().get(), ref.plan, atol=1e-12)
+    assert res.value == pytest.approx(ref.value, rel=1e-12)
+
+
+def test_pot_compatible_functions_on_cupy(rng):
+    C = rng.random((25, 35))
+    a = rng.random(25) + 0.1
+    a /= a.sum()
+    P, log = otsolve.sinkhorn(a, [], C, 0.05, log=True)
+    Pd, logd = otsolve.sinkhorn(cp.asarray(a), [], cp.asarray(C), 0.05, log=True)
+    assert isinstance(Pd, cp.ndarray) and isinstance(logd["u"], cp.ndarray)
+    np.testing.assert_allclose(Pd.get(), P, atol=1e-10)
+    np.testing.assert_allclose(logd["log_u"].get(), log["log_u"], atol=1e-8)
+    cost = otsolve.sinkhorn2(cp.asarray(a), cp.asarray(np.full(35, 1 / 35)), cp.asarray(C), 0.05)
+    assert isinstance(cost, cp.ndarray) and cost.ndim == 0
+    assert float(cost) == pytest.approx(otsolve.sinkhorn2(a, None, C, 0.05), rel=1e-9)
+    with pytest.raises(ValueError, match="mixed NumPy and CuPy"):
+        otsolve.sinkhorn(a, [], cp.asarray(C), 0.05)
+
+
+def test_route_cupy_in_cupy_out(rng):
+    logits = rng.normal(size=(2, 48, 6))
+    ref = otsolve.route(logits, capacity=10)
+    res = otsolve.route(cp.asarray(logits), capacity=10)
+    assert isinstance(res.combine, cp.ndarray) and isinstance(res.expert_load, cp.ndarray)
+    np.testing.assert_allclose(res.plan.get(), ref.plan, atol=1e-12)
+    np.testing.assert_array_equal(res.dispatch.get(), ref.dispatch)
+
+
+def test_lightsb_on_cupy(rng, tmp_path):
+    """LightSB's xp-generic code on CuPy arrays: fit, sample, drift; a fitted model moved to the
+    device gives the CPU model's potentials and drift."""
+    x = rng.normal(size=(300, 2))
+    y = rng.normal(size=(300, 2)) + 2.0
+    m = otsolve.LightSB(2, n_components=4, epsilon=0.1)
+    m.fit(cp.asarray(x), cp.asarray(y), n_steps=30, progress=False, seed=0)
+    s = m.sample(cp.asarray(x[:5]), seed=0)
+    assert isinstance(s, cp.ndarray) and s.shape == (5, 2) and bool(cp.isfinite(s).all())
+    m.save(tmp_path / "m.npz")
+    cpu = otsolve.LightSB.load(tmp_path / "m.npz")
+    gpu = otsolve.LightSB.load(tmp_path / "m.npz", xp=cp)
+    np.testing.assert_allclose(gpu.log_potential(cp.asarray(y[:7])).get(), cpu.log_potential(y[:7]), rtol=1e-10)
+    np.testing.assert_allclose(gpu.drift(cp.asarray(x[:7]), 0.3).get(), cpu.drift(x[:7], 0.3), rtol=1e-10)
+
+
+def test_krylov_solvers_reject_device_arrays_clearly(rng):
+    from otsolve.krylov import gcrodr, rcg
+
+    A = np.eye(20) * 4 + rng.random((20, 20)) * 0.1
+    b = rng.random(20)
+    for solver in (gcrodr, rcg):
+        with pytest.raises(ValueError, match="CuPy array: otsolve's Krylov solvers run on the CPU"):
+            solver(cp.asarray(A), b)
+        with pytest.raises(ValueError, match="b is a CuPy array"):
+            solver(A, cp.asarray(b))

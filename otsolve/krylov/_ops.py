@@ -57,8 +57,17 @@ class _Counted:
         return self.block(V)
 
 
+def _reject_device_arrays(x: Any, name: str) -> None:
+    # CuPy dense or sparse: a clear error instead of CuPy's implicit-conversion TypeError
+    if type(x).__module__.split(".", 1)[0] in ("cupy", "cupyx"):
+        raise ValueError(f"{name} is a CuPy array: otsolve's Krylov solvers run on the CPU (NumPy / SciPy "
+                         "sparse); move it with .get() or cupy.asnumpy() (the GPU backend covers the OT "
+                         "solvers)")
+
+
 def _check_matrix(A: Any, name: str):
     """Return (callable matvec, block matmat, shape, dtype) after validating ``A``."""
+    _reject_device_arrays(A, name)
     if isinstance(A, LinearOperator):
         shape, dtype = A.shape, A.dtype
         mv, mm = A.matvec, A.matmat
@@ -114,6 +123,8 @@ def prepare(A, b, x0, M, rtol, atol, maxiter):
     """Validate a solver call; return (Aop, Mop | None, b, x, dtype, rtol, atol, maxiter)."""
     mv, mm, shape, adtype = _check_matrix(A, "A")
     n = shape[0]
+    _reject_device_arrays(b, "b")
+    _reject_device_arrays(x0, "x0")
     b = np.asarray(b)
     if b.ndim == 2 and b.shape[1] == 1:
         b = b[:, 0]

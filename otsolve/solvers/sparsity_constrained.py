@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from .._validation import check_epsilon, check_positive_int
 from ..kernels.topk import get_topk_kernels
 from ..problems import LinearProblem
-from ._common import warn_not_converged
+from ._common import is_cupy_problem, warn_not_converged
 from .result import OTResult
 
 __all__ = ["SparsityConstrainedOT", "ScotObjective", "SCOT_POTENTIALS_CONVENTION"]
@@ -249,6 +249,8 @@ class SparsityConstrainedOT:
     def __call__(self, problem: LinearProblem, init: Any = None) -> OTResult:
         if not isinstance(problem, LinearProblem):
             raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
+        if is_cupy_problem(problem):
+            return self._solve_on_host(problem, init)
         C = np.asarray(problem.geom.cost_matrix, dtype=np.float64)
         a = np.asarray(problem.a, dtype=np.float64)
         b = np.asarray(problem.b, dtype=np.float64)
@@ -319,4 +321,34 @@ class SparsityConstrainedOT:
             time=elapsed,
         )
         res.potentials_convention = SCOT_POTENTIALS_CONVENTION
+        return res
+
+    def _solve_on_host(self, problem: LinearProblem, init: Any) -> OTResult:
+        """CuPy problem: solved on the host (the top-k kernels and L-BFGS-B are CPU code), the
+        answer returned as CuPy arrays on the problem's device: f, g, the dense plan and
+        ``plan_sparse`` (a ``cupyx.scipy.sparse`` matrix). ``result.backend`` says so."""
+        import cupy as cp  # noqa: PLC0415
+        import cupyx.scipy.sparse as cusp  # noqa: PLC0415
+
+        from ..geometry import Geometry  # noqa: PLC0415
+
+        host = LinearProblem(Geometry(problem.geom.cost_matrix.get()), problem.a.get(), problem.b.get(),
+                             epsilon=problem.epsilon)
+        if init is not None:
+            fi, gi = (init.f, init.g) if hasattr(init, "f") else init
+            init = tuple(v.get() if hasattr(v, "get") and not isinstance(v, np.ndarray) else v for v in (fi, gi))
+        res = self(host, init)
+        with cp.cuda.Device(problem.a.device.id):
+            res.f, res.g = cp.asarray(res.f), cp.asarray(res.g)
+            sparse = res._extra["plan_sparse"]
+            res._extra["plan_sparse"] = (cusp.csr_matrix(sparse) if sparse.format == "csr"
+                                         else cusp.csc_matrix(sparse))
+        device = problem.a.device.id
+
+        def plan():
+            with cp.cuda.Device(device):
+                return cp.asarray(sparse.toarray())
+
+        res._plan, res._plan_fn = None, plan
+        res._extra["backend"] = "cupy (solved on the host)"
         return res

@@ -532,7 +532,7 @@ def build() -> dict[str, types.ModuleType]:
     -------
     dict of str to module
         "cupy", "cupy.cuda", "cupy.cuda.runtime", "cupy.linalg", "cupy.fft", "cupy.random",
-        "cupyx", "cupyx.scipy", "cupyx.scipy.special".
+        "cupyx", "cupyx.scipy", "cupyx.scipy.special", "cupyx.scipy.sparse".
     """
     runtime = _runtime_module()
     pool, pinned_pool = MemoryPool(), PinnedMemoryPool()
@@ -581,7 +581,13 @@ def build() -> dict[str, types.ModuleType]:
 
     special = _module("cupyx.scipy.special", "Emulated cupyx.scipy.special (SciPy's).", {},
                       _numpy_lookup(special_lookup, _SPECIAL_NAMES, "cupyx.scipy.special"))
-    scipy_mod = _module("cupyx.scipy", "Emulated cupyx.scipy (special only).", {"special": special},
+    from . import sparse as sparse_impl  # noqa: PLC0415
+
+    sparse = _module("cupyx.scipy.sparse", "Emulated cupyx.scipy.sparse (SciPy matrices on the host).",
+                     {name: getattr(sparse_impl, name) for name in sparse_impl.__all__},
+                     lambda a: _missing("cupyx.scipy.sparse", a))
+    scipy_mod = _module("cupyx.scipy", "Emulated cupyx.scipy (special, sparse).",
+                        {"special": special, "sparse": sparse},
                         lambda a: _missing("cupyx.scipy", a), package=True)
     cupyx = _module("cupyx", "Emulated cupyx (scipy.special, scatter ops, pinned arrays).", {
         "scipy": scipy_mod, "scatter_add": _scatter(np.add), "scatter_max": _scatter(np.maximum),
@@ -590,5 +596,5 @@ def build() -> dict[str, types.ModuleType]:
         "empty_pinned": np.empty, "zeros_pinned": np.zeros, "empty_like_pinned": np.empty_like,
         "zeros_like_pinned": np.zeros_like,
     }, lambda a: _missing("cupyx", a), package=True)
-    mods = [cupy, cuda, runtime, linalg, fft, random, cupyx, scipy_mod, special]
+    mods = [cupy, cuda, runtime, linalg, fft, random, cupyx, scipy_mod, special, sparse]
     return {m.__name__: m for m in mods}
