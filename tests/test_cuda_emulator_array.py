@@ -328,3 +328,23 @@ def test_import_and_otsolve_dispatch(installed):
     res = BatchedSinkhorn(tol=1e-9, use_kernels=False)(BatchedLinearProblem(cp.asarray(C), epsilon=0.2))
     assert type(res.f) is ndarray and res.converged
     np.testing.assert_allclose(res.plan.get(), ref.plan, atol=1e-10)
+
+
+def test_emulated_cupyx_sparse_matches_scipy():
+    import scipy.sparse as sp
+
+    mods = build()
+    cp, cusp = mods["cupy"], mods["cupyx.scipy.sparse"]
+    rng = np.random.default_rng(0)
+    host = sp.random(12, 9, density=0.3, format="csr", random_state=1)
+    dev = cusp.csr_matrix(host)
+    assert cusp.issparse(dev) and not cusp.issparse(host) and dev.nnz == host.nnz
+    v = rng.random(9)
+    np.testing.assert_allclose((dev @ cp.asarray(v)).get(), host @ v)
+    np.testing.assert_allclose(dev.T.toarray().get(), host.T.toarray())
+    np.testing.assert_array_equal(dev.indptr.get(), host.indptr)
+    assert sp.issparse(dev.get()) and dev.tocsc().format == "csc"
+    with pytest.raises(TypeError, match="Unsupported type"):
+        dev @ v  # a NumPy vector, as in CuPy
+    rebuilt = cusp.csr_matrix((dev.data, dev.indices, dev.indptr), shape=dev.shape)
+    np.testing.assert_allclose(rebuilt.toarray().get(), host.toarray())
