@@ -271,17 +271,26 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
                     rec["kept_mass"].append(float(csr[2].sum()) / mass if mass > 0 else 0.0)
                     # inexact Newton: a loose forcing term far from the optimum saves CG iterations
                     rtol = max(solver.cg_rtol, min(_FORCING_MAX, err ** _FORCING_POW))
-                    dzx, dzy, its, res = _pcg(csr, row, col, T(eps) * gx, T(eps) * gy, dzx, dzy, rtol, cg_maxiter)
-                    rec["cg_iterations"].append(int(its))
-                    rec["cg_residuals"].append(float(res))
-                    if not res <= rtol and n + m <= DIRECT_MAX:  # CG stalled: dense solve on the host
+                    small = n + m <= DIRECT_MAX
+
+                    def direct():
+                        """The projected system solved on the host (CG stalls on it)."""
                         kk = int(csr[1].size) // n
                         rhs = cp.concatenate([T(eps) * gx, T(eps) * gy]).get()
-                        z = direct_newton_solve(row.get(), col.get(), csr[1].get().reshape(n, kk),
-                                                csr[2].get().reshape(n, kk), rhs)
-                        if z is not None:
-                            dzx, dzy = cp.asarray(z[:n].astype(dtype)), cp.asarray(z[n:].astype(dtype))
-                            rec["direct_solves"] += 1
+                        return direct_newton_solve(row.get(), col.get(), csr[1].get().reshape(n, kk),
+                                                   csr[2].get().reshape(n, kk), rhs)
+
+                    z = direct() if small and rec["direct_solves"] > 0 else None  # CG stalled before
+                    if z is None:
+                        dzx, dzy, its, res = _pcg(csr, row, col, T(eps) * gx, T(eps) * gy, dzx, dzy, rtol,
+                                                  cg_maxiter)
+                        rec["cg_iterations"].append(int(its))
+                        rec["cg_residuals"].append(float(res))
+                        if small and not res <= rtol:
+                            z = direct()
+                    if z is not None:
+                        dzx, dzy = cp.asarray(z[:n].astype(dtype)), cp.asarray(z[n:].astype(dtype))
+                        rec["direct_solves"] += 1
                     shift = (dzx.sum() - dzy.sum()) / (n + m)  # gauge direction (1, -1) out
                     dzx -= shift
                     dzy += shift

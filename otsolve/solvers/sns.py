@@ -185,9 +185,9 @@ class SinkhornNewtonSparse:
         ``max(cg_rtol, min(0.1, sqrt(err_k)))`` (inexact Newton: loose far from the optimum).
     cg_maxiter : int, optional
         CG iterations per Newton step (default ``max(500, n + m)``). When CG ends above its
-        tolerance and ``n + m <= 3000``, the step's system is solved directly instead (dense
-        Cholesky; counted in ``result.direct_solves``): near-permutation plans at small n make
-        the sparsified Hessian too ill-conditioned for Jacobi-PCG.
+        tolerance and ``n + m <= 3000``, the step's system is solved directly instead, and so are
+        the later steps' (dense Cholesky; counted in ``result.direct_solves``): near-permutation
+        plans at small n make the sparsified Hessian too ill-conditioned for Jacobi-PCG.
     max_sinkhorn : int, default 10000
         Total Sinkhorn iterations (warm-up, automatic extension and fallbacks together).
     n_threads : int, default 0
@@ -484,14 +484,22 @@ class SinkhornNewtonSparse:
                 rec["kept_mass"].append(sys_cur.kept / sys_cur.mass if sys_cur.mass > 0 else 0.0)
                 # Inexact Newton: a loose forcing term far from the optimum saves CG iterations.
                 rtol = max(self.cg_rtol, min(_FORCING_MAX, err ** _FORCING_POW))
-                its, res = K.sns_pcg(*sys_cur.arrays(), eps * grad, dz, rtol, cg_maxiter, nt)
-                rec["cg_iterations"].append(int(its))
-                rec["cg_residuals"].append(float(res))
-                if not res <= rtol and n + m <= DIRECT_MAX:
+                small = n + m <= DIRECT_MAX
+                z_direct = None
+                if small and rec["direct_solves"] > 0:
+                    # CG stalled at an earlier step: the later (equally ill-conditioned) systems
+                    # go straight to the direct solve instead of spending cg_maxiter first
                     z_direct = direct_newton_solve(sys_cur.row, sys_cur.col, sys_cur.kidx, sys_cur.kval, eps * grad)
-                    if z_direct is not None:
-                        dz[:] = z_direct
-                        rec["direct_solves"] += 1
+                if z_direct is None:
+                    its, res = K.sns_pcg(*sys_cur.arrays(), eps * grad, dz, rtol, cg_maxiter, nt)
+                    rec["cg_iterations"].append(int(its))
+                    rec["cg_residuals"].append(float(res))
+                    if small and not res <= rtol:
+                        z_direct = direct_newton_solve(sys_cur.row, sys_cur.col, sys_cur.kidx, sys_cur.kval,
+                                                       eps * grad)
+                if z_direct is not None:
+                    dz[:] = z_direct
+                    rec["direct_solves"] += 1
                 shift = (dz[:n].sum() - dz[n:].sum()) / (n + m)  # gauge (1, -1) projected out
                 dz[:n] -= shift
                 dz[n:] += shift
