@@ -23,7 +23,7 @@ import numpy as np
 
 from ..kernels.reference import Relaxation as _HostRelaxation
 from ..geometry import PointCloud
-from ..solvers._common import default_tol, initial_potentials
+from ..solvers._common import default_tol, initial_potentials, sinkhorn_outcome
 from ..solvers.result import OTResult
 from .cuda_kernels import get_kernel
 
@@ -396,14 +396,7 @@ def solve_sinkhorn_cupy(solver, problem, init: Any = None) -> OTResult:
         elapsed = time.perf_counter() - t0
 
     merr0 = float(merr[0])
-    converged = bool(np.isfinite(merr0) and merr0 <= tol and status != 2)
-    if converged:
-        status_name, message = "converged", f"marginal L1 error {merr0:.3g} <= tol {tol:.3g}"
-    elif status == 2 or not np.isfinite(merr0):
-        status_name, message = "diverged", "potentials became non-finite"
-    else:
-        status_name = "max_iter"
-        message = f"reached max_iter={solver.max_iter} with marginal L1 error {merr0:.3g} > tol {tol:.3g}"
+    converged, status_name, message = sinkhorn_outcome(merr0, tol, status, solver.max_iter)
     if not converged and solver.warn:
         warnings.warn(f"Sinkhorn: {message}", RuntimeWarning, stacklevel=3)
 

@@ -12,6 +12,7 @@ from ..problems import LinearProblem
 
 __all__ = [
     "is_cupy_problem",
+    "sinkhorn_outcome",
     "default_tol",
     "initial_potentials",
     "safe_log",
@@ -86,6 +87,17 @@ def dense_plan(geom, f, g, eps: float, dtype) -> np.ndarray:
         with np.errstate(over="ignore"):
             P[s : s + blk.shape[0]] = np.exp(L)
     return P
+
+
+def sinkhorn_outcome(merr: float, tol: float, status: int, max_iter: int) -> tuple[bool, str, str]:
+    """(converged, status name, message) of a Sinkhorn solve from its exact final marginal error
+    and the iterations' status (0 converged, 1 budget, 2 diverged); CPU and GPU alike."""
+    converged = bool(np.isfinite(merr) and merr <= tol and status != 2)
+    if converged:
+        return True, "converged", f"marginal L1 error {merr:.3g} <= tol {tol:.3g}"
+    if status == 2 or not np.isfinite(merr):
+        return False, "diverged", "potentials became non-finite"
+    return False, "max_iter", f"reached max_iter={max_iter} with marginal L1 error {merr:.3g} > tol {tol:.3g}"
 
 
 def warn_not_converged(method: str, message: str) -> None:

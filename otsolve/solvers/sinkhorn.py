@@ -20,6 +20,7 @@ from ._common import (
     marginal_l1,
     plan_statistics,
     safe_log,
+    sinkhorn_outcome,
     warn_not_converged,
 )
 from .result import OTResult
@@ -212,14 +213,7 @@ class Sinkhorn:
 
         row, col, cost, plogp = plan_statistics(geom, f, g, eps, self.compiled, self.n_threads)
         merr = marginal_l1(problem, row, col)
-        converged = bool(np.isfinite(merr) and merr <= tol and status != 2)
-        if converged:
-            status_name, message = "converged", f"marginal L1 error {merr:.3g} <= tol {tol:.3g}"
-        elif status == 2:
-            status_name, message = "diverged", "potentials became non-finite"
-        else:
-            status_name = "max_iter"
-            message = f"reached max_iter={self.max_iter} with marginal L1 error {merr:.3g} > tol {tol:.3g}"
+        converged, status_name, message = sinkhorn_outcome(merr, tol, status, self.max_iter)
         if not converged and self.warn:
             warn_not_converged("Sinkhorn", message)
 
