@@ -12,8 +12,9 @@ fused passes of :mod:`otsolve.backends.cupy_sinkhorn`, then Newton steps where
   kernel (the residual is read back every 10 iterations only),
 * the step is chosen by Armijo backtracking on F (overflow = rejection).
 
-Differences from the CPU solver: ``k_row`` is at most 32 (the register top-k of the kernel; a
-fallback doubles k up to 32), and ``auto_switch`` uses the same rate rule on the GPU errors.
+The Newton stage's decisions (best iterate, patience, denser ``k_row``, forcing term, direct
+solves after a CG stall) are :class:`otsolve.solvers.sns.NewtonState`, shared with the CPU
+solver. Difference: ``k_row`` is at most 32 (the register top-k of the kernel).
 
 References
 ----------
@@ -32,8 +33,7 @@ from ..geometry import PointCloud
 from ..solvers._common import default_tol
 from ..solvers.result import OTResult
 from .cuda_kernels import get_kernel
-from ..solvers.sns import (_ALPHA_MIN, _ARMIJO_C, _DENSE_KEPT, _FORCING_MAX, _FORCING_POW, _PATIENCE, DIRECT_MAX,
-                           direct_newton_solve)
+from ..solvers.sns import _ALPHA_MIN, _ARMIJO_C, _DENSE_KEPT, _PATIENCE, NewtonState, direct_newton_solve
 from .cupy_sinkhorn import CudaGeometry, CudaSinkhornEngine, _as_device_potentials, sinkhorn_loop
 
 __all__ = ["solve_sns_cupy", "sparsified_hessian", "hessian_matvec", "K_MAX"]
@@ -215,12 +215,12 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
                     if need <= 3 * solver.n_sinkhorn:
                         err, st = sinkhorn(int(math.ceil(1.5 * need)) + 5, tol_sk, None)
         rec["sinkhorn_time"] = time.perf_counter() - t0
-        best = (np.inf, x.copy(), y.copy())
+        state = NewtonState(n, m, x, y)
         if st == 2:
             status, message = "diverged", "Sinkhorn stage produced non-finite potentials"
         elif err <= tol_sk:
             status, message = "converged", "converged in the Sinkhorn stage"
-            best = (err, x, y)
+            state.best = (err, x, y)
         else:
             # ---- stage 2: Newton with a sparsified Hessian (same rules as the CPU solver) -------
             row, col, mass = stats(x, y)
@@ -234,44 +234,31 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
                 row, col, mass = stats(x, y)
                 csr = None
             dzx, dzy = cp.zeros(n, dtype=dtype), cp.zeros(m, dtype=dtype)
-            bad_steps = 0
-            step_errs: list[float] = []
             while True:
                 gx, gy = a - row, b - col
                 err = float(cp.abs(gx).sum() + cp.abs(gy).sum())
                 rec["newton_times"].append(time.perf_counter() - t0)
                 errors.append(err)
-                if err < best[0]:
-                    best, bad_steps = (err, x.copy(), y.copy()), 0
-                elif rec["n_newton"] > 0:
-                    bad_steps += 1
+                state.observe(err, rec["n_newton"], x, y)
                 if err <= tol:
                     status, message = "converged", "converged in the Newton stage"
                     break
                 if rec["n_newton"] >= solver.max_iter:
                     break
-                step_errs.append(err)
-                slow = len(step_errs) >= 4 and step_errs[-1] > 0.125 * step_errs[-4]
-                if (getattr(solver, "adaptive_k", True) and slow and k < min(m, K_MAX) and rec["kept_mass"]
-                        and rec["kept_mass"][-1] < 0.999):
-                    k_new = min(2 * k, m, K_MAX)
-                    rec["fallbacks"].append(
-                        f"Newton step {rec['n_newton']}: slow convergence (error x"
-                        f"{(step_errs[-1] / step_errs[-4]) ** (1 / 3):.2f} per step, kept mass "
-                        f"{rec['kept_mass'][-1]:.3f}); k_row {k} -> {k_new}")
-                    k, csr, step_errs = k_new, None, []
+                denser = state.denser_k(err, k, min(m, K_MAX), rec["kept_mass"], solver.adaptive_k)
+                if denser is not None:
+                    k, csr = denser[0], None
+                    rec["fallbacks"].append(f"Newton step {rec['n_newton']}: {denser[1]}")
                 fail, stagnated = None, False
                 if not np.isfinite(err):
                     fail = "non-finite marginal error"
-                elif bad_steps >= _PATIENCE:
+                elif state.stagnated:
                     fail, stagnated = f"no new smallest marginal error in {_PATIENCE} Newton steps", True
                 else:
                     if csr is None:
                         csr = sparsified_hessian(geo, x[0], y[0], eps, k)
                     rec["kept_mass"].append(float(csr[2].sum()) / mass if mass > 0 else 0.0)
-                    # inexact Newton: a loose forcing term far from the optimum saves CG iterations
-                    rtol = max(solver.cg_rtol, min(_FORCING_MAX, err ** _FORCING_POW))
-                    small = n + m <= DIRECT_MAX
+                    rtol = state.cg_rtol(solver.cg_rtol, err)
 
                     def direct():
                         """The projected system solved on the host (CG stalls on it)."""
@@ -280,13 +267,13 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
                         return direct_newton_solve(row.get(), col.get(), csr[1].get().reshape(n, kk),
                                                    csr[2].get().reshape(n, kk), rhs)
 
-                    z = direct() if small and rec["direct_solves"] > 0 else None  # CG stalled before
+                    z = direct() if state.solve_directly_first(rec["direct_solves"]) else None
                     if z is None:
                         dzx, dzy, its, res = _pcg(csr, row, col, T(eps) * gx, T(eps) * gy, dzx, dzy, rtol,
                                                   cg_maxiter)
                         rec["cg_iterations"].append(int(its))
                         rec["cg_residuals"].append(float(res))
-                        if small and not res <= rtol:
+                        if state.solve_directly_after(res, rtol):
                             z = direct()
                     if z is not None:
                         dzx, dzy = cp.asarray(z[:n].astype(dtype)), cp.asarray(z[n:].astype(dtype))
@@ -327,12 +314,12 @@ def solve_sns_cupy(solver, problem, init: Any = None) -> OTResult:
                     x[...], y[...] = x_keep, y_keep
                 k, csr = k_new, None
                 dzx, dzy = cp.zeros(n, dtype=dtype), cp.zeros(m, dtype=dtype)
-                bad_steps, step_errs = 0, []
+                state.restart()
                 row, col, mass = stats(x, y)
                 if not np.isfinite(mass):
-                    x[...], y[...] = best[1], best[2]
+                    x[...], y[...] = state.best[1], state.best[2]
                     row, col, mass = stats(x, y)
-        x, y = best[1], best[2]
+        x, y = state.best[1], state.best[2]
         elapsed = time.perf_counter() - t0
 
         f_full = cp.full(n_full, -cp.inf, dtype=dtype)

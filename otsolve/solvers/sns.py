@@ -54,6 +54,64 @@ _FORCING_POW = 0.5
 DIRECT_MAX = 3000
 
 
+class NewtonState:
+    """Bookkeeping and decisions of the Newton stage, one copy for the CPU and GPU solvers.
+
+    Tracks the best iterate (smallest marginal error), the steps since it (patience), the recent
+    errors (slow linear rate -> denser Hessian), and whether CG has stalled on this problem
+    (then the systems are solved directly, see :func:`direct_newton_solve`).
+    """
+
+    def __init__(self, n: int, m: int, x, y, err: float = np.inf) -> None:
+        self.best = (err, x.copy(), y.copy())
+        self.bad_steps = 0
+        self.step_errs: list[float] = []
+        self.small = n + m <= DIRECT_MAX
+
+    def observe(self, err: float, n_newton: int, x, y) -> None:
+        """Record the error of the current iterate (x, y)."""
+        if err < self.best[0]:
+            self.best, self.bad_steps = (err, x.copy(), y.copy()), 0
+        elif n_newton > 0:
+            self.bad_steps += 1
+
+    def denser_k(self, err: float, k: int, k_cap: int, kept_mass: list, adaptive: bool):
+        """(new k_row, message) when convergence is linear and slow (error x0.5 or worse per
+        step over 3 steps) while the kept block misses mass; else None."""
+        e = self.step_errs
+        e.append(err)
+        if not (adaptive and len(e) >= 4 and e[-1] > 0.125 * e[-4] and k < k_cap and kept_mass
+                and kept_mass[-1] < 0.999):
+            return None
+        k_new = min(2 * k, k_cap)
+        msg = (f"slow convergence (error x{(e[-1] / e[-4]) ** (1 / 3):.2f} per step, kept mass "
+               f"{kept_mass[-1]:.3f}); k_row {k} -> {k_new}")
+        self.step_errs = []
+        return k_new, msg
+
+    @property
+    def stagnated(self) -> bool:
+        return self.bad_steps >= _PATIENCE
+
+    def restart(self) -> None:
+        """After a Sinkhorn fallback block."""
+        self.bad_steps, self.step_errs = 0, []
+
+    @staticmethod
+    def cg_rtol(cg_rtol: float, err: float) -> float:
+        """Inexact Newton: a loose forcing term far from the optimum saves CG iterations."""
+        return max(cg_rtol, min(_FORCING_MAX, err ** _FORCING_POW))
+
+    def solve_directly_first(self, direct_solves: int) -> bool:
+        """A direct solve was needed at an earlier step: the later (equally ill-conditioned)
+        systems go straight to it instead of spending cg_maxiter on CG first."""
+        return self.small and direct_solves > 0
+
+    def solve_directly_after(self, res: float, rtol: float) -> bool:
+        """CG ended above its tolerance on a problem small enough for the direct solve."""
+        return self.small and not res <= rtol
+
+
 def direct_newton_solve(row, col, kidx, kval, rhs) -> np.ndarray | None:
     """Solve the sparsified Newton system as projected CG does, but directly; None on failure.
 
@@ -203,9 +261,10 @@ class SinkhornNewtonSparse:
     before solving (their potentials are ``-inf``). The plan is dense during the solve (O(nm)
     memory and time per Newton step); point clouds are materialised.
 
-    When a Newton step fails (no acceptable step, non-finite direction, or the error does not
-    decrease for two steps) the solver runs ``n_sinkhorn`` Sinkhorn iterations from the best
-    iterate and doubles ``k_row``; each event is listed in ``result.fallbacks``. The returned
+    When a Newton step fails (no acceptable step or no ascent direction: then ``k_row`` is
+    doubled too) or no new smallest error comes in 5 Newton steps, the solver runs a block of
+    over-relaxed Sinkhorn iterations from the current iterate; each event is listed in
+    ``result.fallbacks``. The returned
     iterate is the best one met (smallest marginal error), never worse than the Sinkhorn stage.
 
     Extra result fields: ``n_sinkhorn``, ``n_newton``, ``cg_iterations`` (per Newton step),
@@ -442,61 +501,45 @@ class SinkhornNewtonSparse:
                 f"over-relaxed Sinkhorn iterations first (error {err_sk:.3g})")
             if st == 2 or not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
                 return finish("diverged", "Sinkhorn block produced non-finite potentials", x, y)
-        best = (np.inf, x.copy(), y.copy())
+        state = NewtonState(n, m, x, y)
         dz = np.zeros(n + m)
-        bad_steps = 0
-        step_errs: list[float] = []
         status, message = "max_iter", f"reached max_iter={self.max_iter} Newton steps"
         while True:
             grad = np.concatenate([a - sys_cur.row, b - sys_cur.col])
             err = float(np.abs(grad).sum())
             rec["newton_times"].append(time.perf_counter() - t0)
             errors.append(err)
-            if err < best[0]:
-                best = (err, x.copy(), y.copy())
-                bad_steps = 0
-            elif rec["n_newton"] > 0:
-                bad_steps += 1
+            state.observe(err, rec["n_newton"], x, y)
             if err <= tol:
                 status, message = "converged", "converged in the Newton stage"
                 break
             if rec["n_newton"] >= self.max_iter:
                 break
-            step_errs.append(err)
-            slow = len(step_errs) >= 4 and step_errs[-1] > 0.125 * step_errs[-4]
-            if (self.adaptive_k and slow and k < m and rec["kept_mass"]
-                    and rec["kept_mass"][-1] < 0.999):
-                # Slow linear convergence with a lot of mass dropped: the plan is not sparse
-                # enough for k_row (large eps); a denser Hessian restores the Newton rate.
-                k_new = min(2 * k, m)
-                rec["fallbacks"].append(
-                    f"Newton step {rec['n_newton']}: slow convergence (error x"
-                    f"{(step_errs[-1] / step_errs[-4]) ** (1 / 3):.2f} per step, kept mass "
-                    f"{rec['kept_mass'][-1]:.3f}); k_row {k} -> {k_new}")
-                k = k_new
+            # Slow linear convergence with a lot of mass dropped: the plan is not sparse enough
+            # for k_row (large eps); a denser Hessian restores the Newton rate.
+            denser = state.denser_k(err, k, m, rec["kept_mass"], self.adaptive_k)
+            if denser is not None:
+                k = denser[0]
+                rec["fallbacks"].append(f"Newton step {rec['n_newton']}: {denser[1]}")
                 sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
                 sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt)
-                step_errs = []
             fail, stagnated = None, False
-            if bad_steps >= _PATIENCE:
+            if state.stagnated:
                 fail, stagnated = f"no new smallest marginal error in {_PATIENCE} Newton steps", True
             else:
                 rec["kept_mass"].append(sys_cur.kept / sys_cur.mass if sys_cur.mass > 0 else 0.0)
-                # Inexact Newton: a loose forcing term far from the optimum saves CG iterations.
-                rtol = max(self.cg_rtol, min(_FORCING_MAX, err ** _FORCING_POW))
-                small = n + m <= DIRECT_MAX
-                z_direct = None
-                if small and rec["direct_solves"] > 0:
-                    # CG stalled at an earlier step: the later (equally ill-conditioned) systems
-                    # go straight to the direct solve instead of spending cg_maxiter first
-                    z_direct = direct_newton_solve(sys_cur.row, sys_cur.col, sys_cur.kidx, sys_cur.kval, eps * grad)
+                rtol = state.cg_rtol(self.cg_rtol, err)
+
+                def direct():
+                    return direct_newton_solve(sys_cur.row, sys_cur.col, sys_cur.kidx, sys_cur.kval, eps * grad)
+
+                z_direct = direct() if state.solve_directly_first(rec["direct_solves"]) else None
                 if z_direct is None:
                     its, res = K.sns_pcg(*sys_cur.arrays(), eps * grad, dz, rtol, cg_maxiter, nt)
                     rec["cg_iterations"].append(int(its))
                     rec["cg_residuals"].append(float(res))
-                    if small and not res <= rtol:
-                        z_direct = direct_newton_solve(sys_cur.row, sys_cur.col, sys_cur.kidx, sys_cur.kval,
-                                                       eps * grad)
+                    if state.solve_directly_after(res, rtol):
+                        z_direct = direct()
                 if z_direct is not None:
                     dz[:] = z_direct
                     rec["direct_solves"] += 1
@@ -540,12 +583,11 @@ class SinkhornNewtonSparse:
                 k = k_new
                 sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
             dz = np.zeros(n + m)
-            bad_steps = 0
-            step_errs = []
+            state.restart()
             if not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
-                x[:], y[:] = best[1], best[2]
+                x[:], y[:] = state.best[1], state.best[2]
                 sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt)
-        err_b, xb, yb = best
+        err_b, xb, yb = state.best
         return finish(status, message, xb, yb)
 
     def _line_search(self, K, C, a, b, eps, x, y, dx, dy, slope, err, sys_cur, sys_try, nt):
