@@ -253,3 +253,9 @@ def test_pointcloud_stored_kernel_matches_on_the_fly(rng, dtype):
     atol = 1e-9 if dtype == np.float64 else 1e-6
     np.testing.assert_allclose(stored.plan, fly.plan, atol=atol)
     np.testing.assert_allclose(stored.cost, fly.cost, rtol=1e-7 if dtype == np.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "4GB", None, True])
+def test_kernel_memory_is_validated(bad):
+    with pytest.raises(ValueError, match="kernel_memory"):
+        otsolve.Sinkhorn(kernel_memory=bad)

@@ -1,6 +1,7 @@
 """Log-domain Sinkhorn with ε-scaling and warm starts (fused compiled kernels)."""
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,9 @@ class Sinkhorn:
             raise ValueError(f"omega must be in (0, 2) or None (adaptive), got {self.omega!r}")
         if self.mode not in ("auto", "log", "scaling"):
             raise ValueError(f"mode must be 'auto', 'log' or 'scaling', got {self.mode!r}")
+        km = self.kernel_memory
+        if isinstance(km, bool) or not isinstance(km, numbers.Real) or not km >= 0:
+            raise ValueError(f"kernel_memory must be a number of bytes >= 0, got {km!r}")
 
     # ------------------------------------------------------------------------------------
     def __call__(self, problem: LinearProblem, init: Any = None) -> OTResult:
