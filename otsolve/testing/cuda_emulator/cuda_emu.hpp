@@ -160,8 +160,8 @@ inline void switch_to_scheduler(bool final = false) {
 
 inline void yield_to_scheduler() { switch_to_scheduler(false); }
 
-// Wait until `b` completes (all its expected members arrived). Returns false if the emulation
-// was aborted meanwhile (never, in practice: an aborted fiber is not resumed).
+// Wait until `b` completes (all its expected members arrived). An aborted launch never resumes
+// its fibers, so a wait that cannot complete simply does not return.
 inline void barrier_wait(Barrier& b) {
   const unsigned gen = b.gen;
   if (++b.arrived >= b.expected) {

@@ -115,9 +115,8 @@ def _marshal(args: Sequence[Any]):
                             "CUDA kernel; use cupy.asarray)")
         elif isinstance(a, (np.generic, bool, int, float)):
             # CuPy's conversions of Python scalars: bool -> bool, int -> int64, float -> float64
-            v = np.asarray(a) if isinstance(a, np.generic) else (
-                np.bool_(a) if isinstance(a, bool) else np.int64(a) if isinstance(a, int) else np.float64(a))
-            v = np.asarray(v)
+            py_type = np.bool_ if isinstance(a, bool) else np.int64 if isinstance(a, int) else np.float64
+            v = np.asarray(a if isinstance(a, np.generic) else py_type(a))
             if v.dtype.kind not in _KIND:
                 raise CUDAEmulatorError(f"argument {i}: unsupported scalar type {v.dtype}")
             cell = ctypes.create_string_buffer(v.tobytes(), v.dtype.itemsize)
