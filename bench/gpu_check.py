@@ -6,7 +6,7 @@ Run on a machine with a CUDA device and CuPy (built to finish within ~5 minutes 
     python bench/gpu_check.py --quick    # tiny sizes (smoke test of this script)
     python bench/gpu_check.py --emulate  # no GPU: the CPU CUDA emulator, tiny sizes (CI runs this)
 
-``--emulate`` runs the whole script on :mod:`otsolve.testing.cuda_emulator` (the .cu kernels
+``--emulate`` runs the whole script on ``tests/cuda_emulator`` (the .cu kernels
 compiled by g++, NumPy-backed CuPy): it proves the script and the GPU code path run end to end;
 its timings are CPU emulation times, not GPU figures, and the summary says so.
 
@@ -253,7 +253,9 @@ def main() -> int:
     args = p.parse_args()
     t0 = time.perf_counter()
     if args.emulate or os.environ.get("OTSOLVE_CUDA_EMULATOR", "") not in ("", "0"):
-        from otsolve.testing import cuda_emulator
+        # the emulator is test machinery: it lives in the repository's tests/, not in the package
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        import cuda_emulator
 
         if not cuda_emulator.available():
             print("the CUDA emulator needs x86-64 and g++: nothing to check")

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from otsolve.testing.cuda_emulator.array import CUDARuntimeError, ndarray
-from otsolve.testing.cuda_emulator.namespace import build
+from cuda_emulator.array import CUDARuntimeError, ndarray
+from cuda_emulator.namespace import build
 
 MODS = build()
 cp = MODS["cupy"]

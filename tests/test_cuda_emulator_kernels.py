@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from otsolve.testing import cuda_emulator
+import cuda_emulator
 
 pytestmark = pytest.mark.skipif(not cuda_emulator.available(), reason="needs x86-64 and a C++ compiler")
 
@@ -185,7 +185,7 @@ def _libasan() -> str | None:
 
 PLANTED = r'''
 import numpy as np
-from otsolve.testing import cuda_emulator
+import cuda_emulator
 cp = cuda_emulator.install()
 mod = cp.RawModule(code="""extern "C" __global__ void oob(const double* x, double* y, long long n) {
   long long i = blockIdx.x * blockDim.x + threadIdx.x; y[i] = 2 * x[i]; }""", name_expressions=["oob"])

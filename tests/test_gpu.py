@@ -1,7 +1,7 @@
 """GPU tests: every CUDA kernel and GPU solver against the CPU result on random inputs.
 
 On a machine where CuPy sees a CUDA device they run on it. Elsewhere they run on the CPU CUDA
-emulator (:mod:`otsolve.testing.cuda_emulator`: the same .cu sources compiled by g++, threads as
+emulator (``tests/cuda_emulator``: the same .cu sources compiled by g++, threads as
 fibers, NumPy-backed CuPy), which checks logic, synchronisation and the host/device interface but
 not speed. ``OTSOLVE_CUDA_EMULATOR=1`` forces the emulator even where a GPU is present.
 """
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import otsolve
 from otsolve.backends import cupy_available
-from otsolve.testing import cuda_emulator
+import cuda_emulator
 
 EMULATED = os.environ.get("OTSOLVE_CUDA_EMULATOR", "") not in ("", "0") or not cupy_available()
 if EMULATED:

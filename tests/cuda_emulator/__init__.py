@@ -15,7 +15,7 @@ speed, and float results may differ from a GPU's in the last bits (libm vs CUDA'
 
 Examples
 --------
->>> from otsolve.testing import cuda_emulator
+>>> import cuda_emulator
 >>> with cuda_emulator.installed() as cp:          # doctest: +SKIP
 ...     res = otsolve.Sinkhorn()(otsolve.LinearProblem(cp.asarray(C), epsilon=0.1))
 

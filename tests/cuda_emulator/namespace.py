@@ -565,12 +565,12 @@ def build() -> dict[str, types.ModuleType]:
         """The emulated ``cupy`` if any argument is an emulated array, else ``numpy``."""
         return cupy if any(isinstance(a, ndarray) for a in args) else np
 
-    cupy = _module("cupy", "CPU emulator of CuPy (otsolve.testing.cuda_emulator).", {
+    cupy = _module("cupy", "CPU emulator of CuPy (tests/cuda_emulator).", {
         "__version__": "0.0.0+emulator", "ndarray": ndarray, "ufunc": ufunc, "asnumpy": asnumpy,
         "asarray": asarray, "asanyarray": asarray, "array": array, "ascontiguousarray": ascontiguousarray,
         "get_array_module": get_array_module, "get_default_memory_pool": lambda: pool,
         "get_default_pinned_memory_pool": lambda: pinned_pool, "is_available": lambda: True, "fuse": fuse,
-        "show_config": lambda: print("CuPy CPU emulator (otsolve.testing.cuda_emulator), NumPy", np.__version__),
+        "show_config": lambda: print("CuPy CPU emulator (tests/cuda_emulator), NumPy", np.__version__),
         "cuda": cuda, "linalg": linalg, "fft": fft, "random": random,
     }, kernels_or_numpy, package=True)
 
