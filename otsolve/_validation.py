@@ -1,6 +1,8 @@
 """Input checks shared by every entry point: bad input raises a ValueError naming the problem."""
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,14 @@ __all__ = [
     "check_same_mass",
     "check_finite",
     "check_positive_int",
+    "check_tol",
+    "check_n_threads",
+    "machine_cores",
+    "as_rng",
+    "renamed_kwarg",
+    "available_memory",
+    "check_memory",
+    "InsufficientMemoryError",
 ]
 
 
@@ -80,14 +90,40 @@ def check_epsilon(epsilon: Any, name: str = "epsilon") -> float:
     return eps
 
 
-def check_same_mass(a, b, rtol: float = 1e-6) -> None:
-    """Balanced OT needs equal total masses (relative tolerance ``rtol``)."""
+def check_same_mass(a, b, rtol: float | None = None, name_a: str = "a", name_b: str = "b"):
+    """Balanced OT needs equal total masses: return ``b`` rescaled to ``a``'s total mass.
+
+    Masses that differ by more than ``rtol`` (relative; default 1e-6 for float64, 1e-4 for
+    float32) are refused with a ValueError. Smaller differences are removed by rescaling ``b``
+    to ``a``'s mass, as POT's ``ot.emd`` does: without it no plan can have a marginal error below
+    ``|sum(a) - sum(b)|``, so a solve with ``tol`` under that gap could never converge. A gap
+    above rounding (``100 * machine epsilon`` of the dtype, relative) is rescaled with a
+    UserWarning; rounding-level gaps (e.g. ``a / a.sum()``) are rescaled silently.
+    """
+    xp = _xp(b)
+    dt = np.dtype(b.dtype) if np.dtype(b.dtype).kind == "f" else np.dtype(np.float64)
+    if rtol is None:
+        rtol = 1e-6 if dt == np.float64 else 1e-4
     sa, sb = float(a.sum()), float(b.sum())
-    if abs(sa - sb) > rtol * max(sa, sb):
+    gap = abs(sa - sb) / max(sa, sb)
+    if gap > rtol:
         raise ValueError(
-            f"a and b have different total masses ({sa!r} vs {sb!r}); balanced OT needs equal masses "
-            "(normalize them, e.g. a / a.sum() and b / b.sum())"
+            f"{name_a} and {name_b} have different total masses ({sa!r} vs {sb!r}, relative gap {gap:.3g} > "
+            f"{rtol:g}); balanced OT needs equal masses (normalize them, e.g. {name_a} / {name_a}.sum() and "
+            f"{name_b} / {name_b}.sum())"
         )
+    if gap == 0.0:
+        return b
+    if gap > 100 * np.finfo(dt).eps:
+        warnings.warn(
+            f"{name_a} and {name_b} have slightly different total masses ({sa!r} vs {sb!r}, relative gap "
+            f"{gap:.3g}); {name_b} is rescaled to the mass of {name_a} (balanced OT needs equal masses: "
+            "no plan could otherwise have a marginal error below the gap)",
+            UserWarning,
+            stacklevel=3,
+        )
+    out = b * b.dtype.type(sa / sb)
+    return out if xp is np else xp.asarray(out)
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -98,3 +134,106 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if int(value) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_tol(tol: Any, name: str = "tol") -> float:
+    """A tolerance: a positive finite number (ValueError naming ``name`` otherwise)."""
+    if isinstance(tol, bool):
+        raise ValueError(f"{name} must be a positive number, got {tol!r}")
+    try:
+        t = float(tol)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {tol!r}") from None
+    if not (np.isfinite(t) and t > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {tol!r}")
+    return t
+
+
+def machine_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def check_n_threads(n_threads: Any, name: str = "n_threads") -> int:
+    """Validate a thread count: an int >= 0 (0 = automatic), capped at the machine's cores.
+
+    More threads than cores only adds fork/join and barrier cost (4096 OpenMP threads turn a 1-s
+    solve into a minute), so larger counts are capped with a RuntimeWarning; negative, bool or
+    non-integer values raise a ValueError naming the parameter.
+    """
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= 0 (0 = all cores), got {n_threads!r}")
+    n = int(n_threads)
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0 (0 = all cores), got {n_threads!r}")
+    cores = machine_cores()
+    if n > cores:
+        warnings.warn(f"{name}={n} exceeds the {cores} cores available; using {cores}",
+                      RuntimeWarning, stacklevel=3)
+        n = cores
+    return n
+
+
+def as_rng(rng: Any = None, name: str = "rng") -> np.random.Generator:
+    """``np.random.default_rng(rng)`` for None, an int, a SeedSequence or a Generator (returned
+    as is); anything else raises a ValueError naming the parameter."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, bool):
+        raise ValueError(f"{name} must be None, an int or a numpy Generator, got {rng!r}")
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be None, an int >= 0 or a numpy Generator, got {rng!r} ({exc})") from None
+
+
+def renamed_kwarg(new_value: Any, old_value: Any, new: str, old: str, unset: Any = None,
+                  stacklevel: int = 3) -> Any:
+    """Resolve a keyword renamed from ``old`` to ``new`` (the old name is a deprecated alias).
+
+    Returns ``new_value`` unless ``old_value`` was given (is not ``unset``); then a
+    DeprecationWarning is emitted and ``old_value`` is used. Both given: ValueError.
+    """
+    if old_value is unset:
+        return new_value
+    if new_value is not unset:
+        raise ValueError(f"pass {new}= only ({old}= is its deprecated old name), not both")
+    warnings.warn(f"{old}= is deprecated and will be removed; use {new}=", DeprecationWarning,
+                  stacklevel=stacklevel)
+    return old_value
+
+
+class InsufficientMemoryError(MemoryError, ValueError):
+    """An allocation was refused before it was attempted: it cannot fit in the available memory."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``; None if unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        pass
+    try:  # pragma: no cover - other POSIX systems
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):  # pragma: no cover
+        return None
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
+def check_memory(nbytes: float, what: str, hint: str = "") -> None:
+    """Refuse (InsufficientMemoryError, a MemoryError and a ValueError) an allocation of ``nbytes``
+    that does not fit in the available memory, before attempting it, with both figures."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise InsufficientMemoryError(
+            f"{what} needs {_gib(nbytes)} ({int(nbytes):,} bytes) but only {_gib(avail)} is available"
+            + (f"; {hint}" if hint else ""))

@@ -29,7 +29,10 @@ class LinearProblem:
         The cost. An array is wrapped in :class:`~otsolve.Geometry`.
     a, b : array_like, optional
         Nonnegative weights of length n and m with equal sums; uniform ``1/n``, ``1/m`` if omitted.
-        Zero entries are allowed (their potentials are then ``-inf``).
+        Zero entries are allowed (their potentials are then ``-inf``). Sums that differ by more
+        than a relative 1e-6 (float32: 1e-4) raise a ValueError; a smaller gap is removed by
+        rescaling ``b`` to the mass of ``a`` (as POT's ``ot.emd`` does; with a UserWarning when the
+        gap is above rounding), since no plan can have a marginal error below the gap.
     epsilon : float, optional
         Entropic regularization ε > 0 in cost units (POT's ``reg``; SNS's η = 1/ε). Needed by the
         entropic solvers (Sinkhorn, SNS); the sparsity-constrained solver uses its own ``gamma``.
@@ -44,7 +47,7 @@ class LinearProblem:
         xp = _xp(self.geom.x if isinstance(self.geom, PointCloud) else self.geom.cost_matrix)
         if xp is not np:
             self.a, self.b = xp.asarray(self.a), xp.asarray(self.b)
-        check_same_mass(self.a, self.b, rtol=1e-6 if dtype == np.float64 else 1e-4)
+        self.b = check_same_mass(self.a, self.b)
         self.epsilon = None if epsilon is None else check_epsilon(epsilon)
 
     @property
