@@ -14,6 +14,7 @@ _METHODS: dict[str, str] = {
     "sinkhorn": "otsolve.solvers.sinkhorn:Sinkhorn",
     "sns": "otsolve.solvers.sns:SinkhornNewtonSparse",
     "sparsity_constrained": "otsolve.solvers.sparsity_constrained:SparsityConstrainedOT",
+    "emd": "otsolve.solvers.exact:ExactOT",
 }
 
 
@@ -39,6 +40,14 @@ def get_solver_class(method: str) -> type:
     return target  # type: ignore[return-value]
 
 
+def _looks_like_cost(x: Any) -> bool:
+    """A cost in first position (POT's ``ot.solve(M, a, b)`` order): a geometry or a 2-D array."""
+    from ..geometry import Geometry, PointCloud  # noqa: PLC0415
+
+    return isinstance(x, (Geometry, PointCloud)) or getattr(x, "ndim", None) == 2 or (
+        isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (list, tuple)))
+
+
 def solve(*args: Any, method: str = "sinkhorn", epsilon: float | None = None, init: Any = None,
           **options: Any) -> OTResult:
     """Solve an OT problem with the named method.
@@ -50,7 +59,8 @@ def solve(*args: Any, method: str = "sinkhorn", epsilon: float | None = None, in
     Parameters
     ----------
     method : str
-        One of :func:`available_methods` (``"sinkhorn"``, ``"sns"``, ``"sparsity_constrained"``).
+        One of :func:`available_methods` (``"sinkhorn"``, ``"sns"``, ``"sparsity_constrained"``,
+        ``"emd"`` for exact OT by POT's network simplex).
     epsilon : float, optional
         Entropic regularization (overrides the problem's).
     init : optional
@@ -68,6 +78,12 @@ def solve(*args: Any, method: str = "sinkhorn", epsilon: float | None = None, in
         problem = args[0]
         if epsilon is not None:
             problem = problem.with_epsilon(epsilon)
+    elif len(args) >= 1 and _looks_like_cost(args[0]):
+        raise ValueError(
+            "otsolve.solve takes (a, b, C): the cost matrix comes third, but the first argument is "
+            f"{getattr(args[0], 'ndim', 2)}-D. For POT's order ot.solve(M, a, b, reg=...) use "
+            "otsolve.pot.solve(M, a, b, reg=...) (import otsolve.pot as ot), or call "
+            "otsolve.solve(a, b, M, epsilon=reg)")
     elif len(args) == 3:
         a, b, C = args
         problem = LinearProblem(C, a, b, epsilon=epsilon)
