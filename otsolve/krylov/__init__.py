@@ -13,8 +13,10 @@ from ._ops import KrylovWarning, SolveStats
 from ._recycle import RecycleSpace
 from .gcrodr import gcrodr
 from .rcg import rcg
-from .skr import hilbert_index, make_preconditioner, solve_sequence, sort_systems
+from .skr import (hilbert_index, hilbert_key, make_preconditioner, partition_systems, path_length, solve_sequence,
+                  sort_systems)
 from .solver import RecyclingSolver
 
 __all__ = ["gcrodr", "rcg", "RecyclingSolver", "RecycleSpace", "SolveStats", "KrylovWarning",
-           "sort_systems", "solve_sequence", "hilbert_index", "make_preconditioner"]
+           "sort_systems", "partition_systems", "path_length", "solve_sequence", "hilbert_index", "hilbert_key",
+           "make_preconditioner"]

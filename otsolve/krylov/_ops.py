@@ -1,6 +1,8 @@
 """Operator wrapping, input checks and shared bookkeeping for the Krylov solvers."""
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -167,23 +169,94 @@ def warn_unconverged(method: str, info: int, rel: float, rtol: float, why: str =
     warnings.warn(msg, KrylovWarning, stacklevel=3)
 
 
+def scale_problem(b: np.ndarray, x: np.ndarray, atol: float):
+    """Scale ``b``, ``x0`` and ``atol`` by a power of two ``s`` with ``max|b / s|`` in [0.5, 1).
+
+    Krylov recurrences square norms (``‖b‖ = 1e160`` overflows, ``1e-160`` underflows), so the
+    solvers work on ``A y = b / s`` and return ``x = s y``. Multiplying by a power of two is
+    exact in binary floating point (barring over/underflow of the result), so the residual of the
+    returned ``x`` is exactly ``s`` times the residual of ``y``: the stopping test is unchanged and
+    every solve is invariant to the scale of ``b``. Returns ``(s, b / s, x0 / s, atol / s)``;
+    ``s = 0`` means ``b = 0`` (the exact answer is ``x = 0``).
+    """
+    bmax = float(np.max(np.abs(b))) if b.size else 0.0
+    if bmax == 0.0:
+        return 0.0, b, x, atol
+    s = float(np.ldexp(1.0, int(np.frexp(bmax)[1])))  # 2^e with bmax / s in [0.5, 1)
+    if s == 1.0:
+        return s, b, x, atol
+    with np.errstate(over="ignore", under="ignore"):
+        xs = x / s
+        if not np.all(np.isfinite(xs)):  # an x0 > 1e308 ||b||: useless as a guess, start from zero
+            xs = np.zeros_like(x)
+        return s, b / s, xs, atol / s
+
+
+def unscale_check(Aop, b_scaled: np.ndarray, y: np.ndarray, s: float, tol_scaled: float, converged: bool):
+    """Return ``(x, converged, rel)`` for ``x = s y`` with the verdict true to the returned ``x``.
+
+    ``x / s`` equals ``y`` unless ``s y`` over- or underflowed; then the true residual of the
+    returned ``x`` (exactly scaled back by ``1 / s``) is recomputed (one mat-vec) and decides.
+    ``rel`` is that relative residual, or ``None`` when ``y`` is returned unchanged.
+    """
+    if s == 1.0:
+        return y, converged, None
+    with np.errstate(over="ignore", under="ignore"):
+        x = y * s
+        back = x / s
+    if np.array_equal(back, y):
+        return x, converged, None
+    if not np.all(np.isfinite(back)):
+        return x, False, float("inf")
+    rn = float(np.linalg.norm(b_scaled - Aop(back)))
+    bn = float(np.linalg.norm(b_scaled))
+    return x, bool(converged and rn <= tol_scaled), rn / bn
+
+
 _CONTROLLER = None
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_DEPTH = 0
+_LIMITER = None
 
 
+def _controller():
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
+@contextlib.contextmanager
 def blas_single_thread():
-    """Context manager limiting BLAS to one thread for a solve (no-op without threadpoolctl).
+    """Limit BLAS to one thread for a solve; restore the limits on every exit path.
 
     The products of the inner iteration are memory-bound n×(≤ 60) gemv's: extra BLAS threads
     do not help them and, on a shared machine, oversubscription made solves 3× slower.
+
+    BLAS thread counts are process-wide, so concurrent solves (several Python threads) share
+    one limit: the first solve to enter saves the original limits and sets 1, the last one to
+    leave restores them (a reference count under a lock). A per-call threadpoolctl context
+    would not do: with overlapping solves, a later entrant saves the already-lowered limit
+    and restores it last, leaving the process at one BLAS thread. Without threadpoolctl this
+    is a no-op.
     """
-    global _CONTROLLER
+    global _LIMIT_DEPTH, _LIMITER
+    with _LIMIT_LOCK:
+        if _LIMIT_DEPTH == 0:
+            try:
+                _LIMITER = _controller().limit(limits=1, user_api="blas")
+            except Exception:  # noqa: BLE001 - optional dependency / no BLAS found
+                _LIMITER = None
+        _LIMIT_DEPTH += 1
     try:
-        if _CONTROLLER is None:
-            from threadpoolctl import ThreadpoolController
-
-            _CONTROLLER = ThreadpoolController()
-        return _CONTROLLER.limit(limits=1, user_api="blas")
-    except Exception:  # noqa: BLE001 - optional dependency
-        import contextlib
-
-        return contextlib.nullcontext()
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT_DEPTH -= 1
+            if _LIMIT_DEPTH == 0 and _LIMITER is not None:
+                try:
+                    _LIMITER.restore_original_limits()
+                finally:
+                    _LIMITER = None

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.linalg as sla
 
-from ._ops import SolveStats, blas_single_thread, prepare, warn_unconverged
+from ._ops import SolveStats, blas_single_thread, prepare, scale_problem, unscale_check, warn_unconverged
 from ._recycle import RecycleSpace
 
 __all__ = ["gcrodr"]
@@ -121,6 +121,15 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
     real = dtype.kind == "f"
     eps = np.finfo(dtype).eps
     st = SolveStats()
+    # scale-invariant: work on b / s (s a power of two, exact), return s * y (see scale_problem)
+    s_b, b, x, atol = scale_problem(b, x, atol)
+    if s_b == 0.0:  # b = 0: x = 0 is the exact solution, whatever x0
+        x = np.zeros_like(x)
+        st.converged, st.residual, st.message = True, 0.0, "b = 0: x = 0 is exact"
+        if recycle is not None:
+            recycle.last_stats = st
+        st.time = time.perf_counter() - t_start
+        return x, 0, st
 
     bnorm = float(np.linalg.norm(b))
     tol = max(rtol * bnorm, atol)
@@ -341,9 +350,18 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
         x += U.T @ c
         rnorm = float(np.linalg.norm(r))
 
+    if not st.converged:  # the verdict is the true residual's: a recurrence can lag behind it
+        rt = float(np.linalg.norm(b - Aop(x)))
+        if np.isfinite(rt):
+            rnorm = rt
+            st.converged = rt <= tol
+    x, ok, rel = unscale_check(Aop, b, x, s_b, tol, st.converged)
+    if st.converged and not ok:
+        why = "the solution over- or underflows when scaled back to b's magnitude"
+    st.converged = ok
     st.matvecs = Aop.count
     st.precond = Mop.count if precond else 0
-    st.residual = rnorm / bnorm if bnorm else rnorm
+    st.residual = (rnorm / bnorm if bnorm else rnorm) if rel is None else rel
     if not st.converged:
         info = max(st.iterations, 1)
         st.message = why or "not converged"

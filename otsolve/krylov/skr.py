@@ -14,28 +14,37 @@ import scipy.sparse.linalg as spla
 
 from .solver import RecyclingSolver
 
-__all__ = ["sort_systems", "solve_sequence", "hilbert_index", "make_preconditioner"]
+__all__ = ["sort_systems", "partition_systems", "path_length", "solve_sequence", "hilbert_index", "hilbert_key",
+           "make_preconditioner"]
 
 
-def _as_keys(params: Any) -> np.ndarray:
-    if isinstance(params, np.ndarray):
-        X = params
+def _as_keys(params: Any, name: str = "params") -> np.ndarray:
+    if isinstance(params, np.ndarray) or hasattr(params, "__array__") and not isinstance(params, (list, tuple)):
+        X = np.asarray(params)
         if X.ndim == 0:
-            raise ValueError("params must hold one key per system")
+            raise ValueError(f"{name} must hold one key per system (an array (N, ...)), got a scalar")
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} is empty: there are no systems to sort")
         X = X.reshape(X.shape[0], -1)
     else:
-        items = [np.asarray(p, dtype=np.float64).ravel() for p in params]
+        try:
+            items = [np.asarray(p, dtype=np.float64).ravel() for p in params]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} must be an array (N, ...) or a sequence of N numeric arrays: {e}") from None
         if not items:
-            raise ValueError("params is empty")
+            raise ValueError(f"{name} is empty: there are no systems to sort")
         sizes = {a.size for a in items}
         if len(sizes) != 1:
             raise ValueError(f"every system's parameters must have the same size, got sizes {sorted(sizes)}")
         X = np.stack(items)
-    if X.dtype.kind not in "fiu" or X.size == 0:
-        raise ValueError("params must be a non-empty real array (N, ...)")
+    if X.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be a real numeric array (N, ...), got dtype {X.dtype}")
+    if X.shape[1] == 0:
+        raise ValueError(f"{name} has {X.shape[0]} systems but each key is empty (shape {X.shape})")
     X = np.asarray(X, dtype=np.float64)  # a copy for ints; floats are only read, never mutated
     if not np.all(np.isfinite(X)):
-        raise ValueError("params contains non-finite values")
+        bad = int(np.flatnonzero(~np.all(np.isfinite(X), axis=1))[0])
+        raise ValueError(f"{name} contains non-finite values (NaN or inf), first in system {bad}")
     return X
 
 
@@ -59,47 +68,147 @@ def _greedy(X: np.ndarray, start: int = 0) -> np.ndarray:
     return order
 
 
-def hilbert_index(xy: np.ndarray, bits: int = 16) -> np.ndarray:
-    """Index along a 2-D Hilbert curve of points in the unit square (vectorised)."""
-    n = 1 << bits
-    q = np.clip((np.asarray(xy, dtype=np.float64) * (n - 1)).round().astype(np.int64), 0, n - 1)
-    x, y = q[:, 0].copy(), q[:, 1].copy()
-    d = np.zeros(len(q), dtype=np.int64)
-    s = n >> 1
-    while s > 0:
-        rx = ((x & s) > 0).astype(np.int64)
-        ry = ((y & s) > 0).astype(np.int64)
-        d += s * s * ((3 * rx) ^ ry)
-        # rotate the quadrant
-        flip = ry == 0
-        swap = flip & (rx == 1)
-        x = np.where(swap, n - 1 - x, x)
-        y = np.where(swap, n - 1 - y, y)
-        x, y = np.where(flip, y, x), np.where(flip, x, y)
-        s >>= 1
-    return d
+def _pca(X: np.ndarray, d: int, rng: np.random.Generator) -> np.ndarray:
+    """Coordinates of the rows of ``X`` on (approximately) their ``d`` leading principal axes.
 
-
-def _hilbert(X: np.ndarray, group_size: int) -> np.ndarray:
-    """Space-filling order on a 2-D PCA embedding, refined by greedy chains within groups.
-
-    The scaling recipe of Wang et al. (§ "sorting for large N"): reduce, cut along a Hilbert
-    curve, sort greedily within each cell. O(N p) + O(N · group_size · p).
+    Randomised range finder with 4 power iterations (Halko, Martinsson, Tropp 2011): O(N p d).
+    Returns ``X`` centred (no projection) when ``p <= d``.
     """
-    N = X.shape[0]
     Xc = X - X.mean(axis=0)
-    if N > 2:
-        # 2 principal directions by a few power iterations on a random start (cheap for large p)
-        rng = np.random.default_rng(0)
-        Q = rng.standard_normal((X.shape[1], 2))
-        for _ in range(4):
-            Q, _ = np.linalg.qr(Xc.T @ (Xc @ Q))
-        emb = Xc @ Q
-    else:
-        emb = np.zeros((N, 2))
-    lo, hi = emb.min(axis=0), emb.max(axis=0)
-    emb = (emb - lo) / np.where(hi > lo, hi - lo, 1.0)
-    order = np.argsort(hilbert_index(emb), kind="stable")
+    p = X.shape[1]
+    if p <= d:
+        return Xc
+    Q = rng.standard_normal((p, min(d + 4, p)))
+    for _ in range(4):
+        Q, _ = np.linalg.qr(Xc.T @ (Xc @ Q))
+    Y = Xc @ Q
+    # rotate to the principal axes of the small sketch and keep the d largest
+    _, _, Vt = np.linalg.svd(Y, full_matrices=False)
+    return Y @ Vt[:d].T
+
+
+def _nn_chain(Y: np.ndarray, start: int, X: np.ndarray | None = None, cand: int = 16) -> np.ndarray:
+    """Greedy nearest-neighbour chain with a KD tree: the order of :func:`_greedy` in
+    O(N log N) expected time for low-dimensional keys.
+
+    The tree holds every unvisited point (it may also hold visited ones); the ``k`` nearest
+    tree points of the current one come back sorted, so the first unvisited among them is the
+    exact nearest unvisited point; ``k`` grows (×4) until one is found. The tree is rebuilt on
+    the unvisited points when more than half of its points are visited, so queries never wade
+    through more visited points than unvisited ones: O(log N) rebuilds of O(N log N).
+
+    With ``X`` (full keys, when ``Y`` is a reduced embedding) the ``cand`` nearest unvisited
+    candidates in ``Y`` are re-ranked by their exact distance in ``X``.
+    """
+    from scipy.spatial import cKDTree
+
+    N = Y.shape[0]
+    visited = np.zeros(N, dtype=bool)
+    order = np.empty(N, dtype=np.int64)
+    alive = np.arange(N)
+    tree = cKDTree(Y)
+    unvisited_in_tree = N
+    cur = int(start)
+    for t in range(N):
+        order[t] = cur
+        visited[cur] = True
+        unvisited_in_tree -= 1
+        if t == N - 1:
+            break
+        if unvisited_in_tree * 2 < alive.size and alive.size > 64:
+            alive = np.flatnonzero(~visited)
+            tree = cKDTree(Y[alive])
+            unvisited_in_tree = alive.size
+        k = cand if X is not None else 8
+        while True:
+            kk = min(k, alive.size)
+            _, j = tree.query(Y[cur], k=kk)
+            idx = alive[np.atleast_1d(j)]
+            idx = idx[~visited[idx]]
+            if idx.size or kk == alive.size:
+                break
+            k *= 4
+        if X is not None and idx.size > 1:
+            idx = idx[:cand]
+            dd = X[idx] - X[cur]
+            cur = int(idx[np.argmin(np.einsum("ij,ij->i", dd, dd))])
+        else:
+            cur = int(idx[0])
+    return order
+
+
+def _quantile_normalise(Y: np.ndarray) -> np.ndarray:
+    """Each coordinate replaced by its rank / N (uniform on [0, 1)): skewed or badly scaled
+    coordinates use the curve's cells evenly."""
+    N = Y.shape[0]
+    R = np.empty_like(Y)
+    for j in range(Y.shape[1]):
+        R[np.argsort(Y[:, j], kind="stable"), j] = np.arange(N) / N
+    return R
+
+
+def hilbert_key(U: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Index along a d-dimensional Hilbert curve of points in the unit cube ``[0, 1]^d``.
+
+    Skilling's transpose algorithm ("Programming the Hilbert curve", AIP Conf. Proc. 707, 2004),
+    vectorised over the points; ``bits`` per axis (default ``63 // d``, so the key fits int64).
+    Points close on the curve are close in space.
+    """
+    U = np.asarray(U, dtype=np.float64)
+    if U.ndim != 2 or U.shape[1] < 1:
+        raise ValueError(f"U must be an (N, d) array, got shape {U.shape}")
+    d = U.shape[1]
+    if d > 63:
+        raise ValueError(f"at most 63 dimensions, got {d} (reduce the keys first)")
+    bits = 63 // d if bits is None else int(bits)
+    if bits < 1 or bits * d > 63:
+        raise ValueError(f"bits must be in [1, {63 // d}] for d = {d}, got {bits}")
+    n = 1 << bits
+    X = np.clip(np.floor(U * n), 0, n - 1).astype(np.int64)
+    M = 1 << (bits - 1)
+    q = M
+    while q > 1:  # inverse undo excess work
+        P = q - 1
+        for i in range(d):
+            hit = (X[:, i] & q) != 0
+            X[hit, 0] ^= P
+            miss = ~hit
+            t = (X[miss, 0] ^ X[miss, i]) & P
+            X[miss, 0] ^= t
+            X[miss, i] ^= t
+        q >>= 1
+    for i in range(1, d):  # Gray encode
+        X[:, i] ^= X[:, i - 1]
+    t = np.zeros(X.shape[0], dtype=np.int64)
+    q = M
+    while q > 1:
+        hit = (X[:, d - 1] & q) != 0
+        t[hit] ^= q - 1
+        q >>= 1
+    X ^= t[:, None]
+    h = np.zeros(X.shape[0], dtype=np.int64)
+    for b in range(bits - 1, -1, -1):  # interleave the transposed bits, most significant first
+        for i in range(d):
+            h = (h << 1) | ((X[:, i] >> b) & 1)
+    return h
+
+
+def hilbert_index(xy: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Index along a 2-D Hilbert curve of points in the unit square (see :func:`hilbert_key`)."""
+    return hilbert_key(np.asarray(xy, dtype=np.float64).reshape(-1, 2), bits=bits)
+
+
+def _curve_order(X: np.ndarray, dims: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Hilbert-curve order of the quantile-normalised ``dims``-D PCA embedding; also the embedding."""
+    Y = _pca(X, dims, rng)
+    return np.argsort(hilbert_key(_quantile_normalise(Y)), kind="stable"), Y
+
+
+def _hilbert(X: np.ndarray, group_size: int, dims: int, rng: np.random.Generator) -> np.ndarray:
+    """Hilbert order refined by greedy chains within consecutive groups (Wang et al.'s recipe
+    for large N: reduce, cut along a Hilbert curve, sort greedily within each cell)."""
+    N = X.shape[0]
+    order, _ = _curve_order(X, dims, rng)
     if group_size <= 1:
         return order
     out = []
@@ -114,7 +223,11 @@ def _hilbert(X: np.ndarray, group_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def sort_systems(params: Any, method: str = "greedy", *, start: int = 0, group_size: int = 1000) -> np.ndarray:
+_METHODS = ("nn", "greedy", "hilbert", "none")
+
+
+def sort_systems(params: Any, method: str = "nn", *, start: int = 0, group_size: int = 1000,
+                 dims: int = 8, rng: Any = None) -> np.ndarray:
     """Order systems so that neighbours have close parameters (SKR, Wang et al. ICLR 2024).
 
     Parameters
@@ -122,27 +235,112 @@ def sort_systems(params: Any, method: str = "greedy", *, start: int = 0, group_s
     params : array (N, ...) or sequence of N arrays of equal size
         One key per system (e.g. the coefficient field); distances are Euclidean
         (Frobenius) on the flattened keys. Never modified.
-    method : {"greedy", "hilbert", "none"}
-        ``greedy``: nearest-neighbour chain from ``start`` (Algorithm 1; O(N²) distances).
-        ``hilbert``: Hilbert-curve order of a 2-D PCA embedding, greedy within consecutive
-        groups of ``group_size`` (for large N). ``none``: identity.
+    method : {"nn", "greedy", "hilbert", "none"}
+        ``nn`` (default): the greedy nearest-neighbour chain of Algorithm 1 computed with a KD
+        tree (O(N log N) expected). For keys of at most ``dims`` numbers it is the exact
+        greedy chain; longer keys (coefficient fields) are reduced to ``dims`` PCA coordinates
+        to find 16 candidates, which are re-ranked by their exact distance.
+        ``greedy``: the exact chain by dense distances (O(N² p); the reference).
+        ``hilbert``: Hilbert-curve order of the quantile-normalised ``dims``-D PCA coordinates,
+        refined by greedy chains within consecutive groups of ``group_size``.
+        ``none``: identity.
+    start : int
+        First system of the chain (``nn``, ``greedy``).
+    dims : int
+        Reduced dimension for ``nn`` / ``hilbert`` (1 to 63).
+    rng : numpy.random.Generator or int, optional
+        Randomness of the PCA sketch (default: a fixed seed, so the order is reproducible).
 
     Returns
     -------
     perm : ndarray of int (N,)
         Solve order: system ``perm[0]`` first.
+
+    Raises
+    ------
+    ValueError
+        Empty ``params``, non-finite or non-numeric keys, keys of unequal size, bad
+        ``method`` / ``start`` / ``dims``.
+
+    See Also
+    --------
+    partition_systems : chunks along a Hilbert curve for sorting on many workers.
     """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     X = _as_keys(params)
     N = X.shape[0]
-    if not 0 <= int(start) < N:
-        raise ValueError(f"start must be in [0, {N}), got {start!r}")
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < N:
+        raise ValueError(f"start must be an integer in [0, {N}), got {start!r}")
+    if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or not 1 <= dims <= 63:
+        raise ValueError(f"dims must be an integer in [1, 63], got {dims!r}")
+    rng = np.random.default_rng(0 if rng is None else rng)
+    if method == "none" or N == 1:
+        return np.arange(N)
     if method == "greedy":
         return _greedy(X, int(start))
     if method == "hilbert":
-        return _hilbert(X, int(group_size))
-    if method == "none":
-        return np.arange(N)
-    raise ValueError(f"method must be 'greedy', 'hilbert' or 'none', got {method!r}")
+        if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
+            raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
+        return _hilbert(X, int(group_size), int(dims), rng)
+    if X.shape[1] <= dims:
+        return _nn_chain(X, int(start))
+    return _nn_chain(_pca(X, int(dims), rng), int(start), X)
+
+
+def partition_systems(params: Any, chunk_size: int, *, dims: int = 8, rng: Any = None) -> list[np.ndarray]:
+    """Cut N systems into chunks of close parameters, for sorting on many workers.
+
+    The systems are ordered along a Hilbert curve through their quantile-normalised ``dims``-D
+    PCA coordinates (O(N log N), vectorised) and cut into consecutive chunks of ``chunk_size``.
+    Each worker then orders its own chunk with :func:`sort_systems` and solves it with one
+    recycling solver; only the keys' reduction and one ``argsort`` run on the client.
+    (The scaling recipe of Wang et al., ICLR 2024: "fractal division" along a Hilbert curve,
+    greedy sorting within each cell.)
+
+    Parameters
+    ----------
+    params : array (N, ...) or sequence of N arrays of equal size
+    chunk_size : int
+        Systems per chunk (the last chunk may be smaller).
+    dims : int
+        Reduced dimension (1 to 63).
+    rng : numpy.random.Generator or int, optional
+        Randomness of the PCA sketch (default: a fixed seed).
+
+    Returns
+    -------
+    chunks : list of ndarray of int
+        Indices of the systems in each chunk, chunks in curve order (neighbouring chunks hold
+        neighbouring parameters). Every system is in exactly one chunk.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from otsolve.krylov import partition_systems, sort_systems
+    >>> P = np.random.default_rng(0).random((1000, 8))
+    >>> chunks = partition_systems(P, 100)
+    >>> order = np.concatenate([c[sort_systems(P[c])] for c in chunks])  # one chunk per worker
+    >>> sorted(order.tolist()) == list(range(1000))
+    True
+    """
+    X = _as_keys(params)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or not 1 <= dims <= 63:
+        raise ValueError(f"dims must be an integer in [1, 63], got {dims!r}")
+    order, _ = _curve_order(X, int(dims), np.random.default_rng(0 if rng is None else rng))
+    return [order[i: i + chunk_size] for i in range(0, X.shape[0], int(chunk_size))]
+
+
+def path_length(params: Any, order: Any) -> float:
+    """Total Euclidean distance between consecutive keys in ``order`` (a sort's quality)."""
+    X = _as_keys(params)
+    o = np.asarray(order)
+    if o.shape != (X.shape[0],) or not np.array_equal(np.sort(o), np.arange(X.shape[0])):
+        raise ValueError("order must be a permutation of range(N)")
+    D = np.diff(X[o], axis=0)
+    return float(np.sum(np.sqrt(np.einsum("ij,ij->i", D, D))))
 
 
 def make_preconditioner(A: Any, kind: str | Callable | None):
@@ -179,8 +377,8 @@ def solve_sequence(systems: Iterable[Any], sort: bool | str = True, solver: Recy
     ----------
     systems : iterable of PDESystem or (A, b[, params]) tuples
     sort : bool or str
-        ``True`` / ``"greedy"``: SKR greedy order on the parameters; ``"hilbert"``: the large-N
-        order; ``False``: generation order.
+        ``True``: the default order of :func:`sort_systems` (``"nn"``, the greedy chain via a
+        KD tree); a string names a :func:`sort_systems` method; ``False``: generation order.
     solver : RecyclingSolver, optional
         Default ``RecyclingSolver("gcrodr", restart=40, k=20)``; its space and statistics
         persist after the call.
@@ -204,7 +402,7 @@ def solve_sequence(systems: Iterable[Any], sort: bool | str = True, solver: Recy
         raise ValueError(f"solver must be a RecyclingSolver, got {type(solver).__name__}")
     t0 = time.perf_counter()
     if sort:
-        method = "greedy" if sort is True else str(sort)
+        method = "nn" if sort is True else str(sort)
         ks = keys if keys is not None else [it[2] for it in items]
         if keys is None and any(k is None for k in ks):
             raise ValueError("sorting needs params for every system (or pass keys=)")
