@@ -10,8 +10,9 @@ Run on a machine with a CUDA device and CuPy (built to finish within ~5 minutes 
 compiled by g++, NumPy-backed CuPy): it proves the script and the GPU code path run end to end;
 its timings are CPU emulation times, not GPU figures, and the summary says so.
 
-If the compiled CPU extensions are missing (a fresh checkout) it first tries
-``pip install --no-build-isolation --no-deps -e .`` (CPU baselines need them). POT is the GPU peer
+It uses the installed otsolve (the row "otsolve used" says which). Only where otsolve is not installed
+(a fresh checkout) does it use the source tree, first trying
+``pip install --no-build-isolation --no-deps -e .`` (CPU baselines need the compiled extensions). POT is the GPU peer
 (CuPy and torch backends); where it is not installed, carry its wheel (see
 /work/.library/device/README.md) or the POT rows are reported as unavailable.
 Every part is guarded: a failure is printed and the other parts still run.
@@ -19,6 +20,7 @@ Every part is guarded: a failure is printed and the other parts still run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -27,7 +29,13 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# The installed package (CI: the wheel it just installed, with its compiled kernels). Only where
+# otsolve is not installed (a bare checkout, e.g. on a GPU machine) is the source tree used, and
+# ensure_built() compiles it in place. find_spec does not import otsolve (the emulator, if asked
+# for, must be installed first).
+SOURCE_TREE = importlib.util.find_spec("otsolve") is None
+if SOURCE_TREE:
+    sys.path.insert(0, str(ROOT))
 
 ROWS: list[tuple[str, str, str]] = []  # (benchmark, measurement, value)
 
@@ -69,10 +77,16 @@ def timeit(fn, repeats: int, sync) -> float:
 
 @guarded("build (CPU extensions)")
 def ensure_built() -> None:
+    import otsolve
     from otsolve.kernels import HAVE_COMPILED
 
+    row("build", "otsolve used", str(Path(otsolve.__file__).parent))
     if HAVE_COMPILED:
         row("build", "compiled CPU kernels", "present")
+        return
+    if not SOURCE_TREE or importlib.util.find_spec("scikit_build_core") is None:
+        # an installed package without its extensions cannot be fixed from here
+        row("build", "compiled CPU kernels", "MISSING (CPU baselines use the NumPy reference)")
         return
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e", str(ROOT)]
     rc = subprocess.call(cmd, timeout=300)
@@ -102,7 +116,11 @@ EMULATED = [False]
 
 @guarded("tests: pytest tests/test_gpu.py tests/test_backends.py tests/test_torch.py")
 def run_tests() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
+    if SOURCE_TREE:
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    else:  # the tests use the installed package, as this script does (-m would put ROOT first)
+        env["PYTHONSAFEPATH"] = "1"
     proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_gpu.py", "tests/test_backends.py",
                            "tests/test_torch.py", "-q",
                            "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True,
