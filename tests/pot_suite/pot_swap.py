@@ -1,0 +1,44 @@
+"""pytest plugin: run POT's own Sinkhorn tests with otsolve's functions swapped in.
+
+Loaded by ``tests/pot_suite/run_pot_suite.py`` (``-p pot_swap``); it replaces ``ot.sinkhorn``,
+``ot.sinkhorn2`` and the ``ot.bregman`` entry points of the methods (``sinkhorn_knopp``,
+``sinkhorn_log``, ``greenkhorn``, ``sinkhorn_stabilized``, ``sinkhorn_epsilon_scaling``) by
+:func:`otsolve.sinkhorn` / :func:`otsolve.sinkhorn2`. POT's test file itself is not part of this
+repository (it is read from a POT checkout at run time).
+"""
+from __future__ import annotations
+
+import functools
+
+import ot
+import ot.bregman
+import ot.bregman._empirical as pot_empirical
+import ot.bregman._sinkhorn as pot_sinkhorn
+
+import otsolve
+
+SWAPPED = []
+
+
+def _method_entry(method: str):
+    @functools.wraps(getattr(pot_sinkhorn, {"sinkhorn": "sinkhorn_knopp"}.get(method, method)))
+    def entry(a, b, M, reg, *args, **kwargs):
+        return otsolve.sinkhorn(a, b, M, reg, method, *args, **kwargs)
+
+    return entry
+
+
+def pytest_configure(config):
+    patches = {"sinkhorn": otsolve.sinkhorn, "sinkhorn2": otsolve.sinkhorn2}
+    for name in ("sinkhorn_log", "greenkhorn", "sinkhorn_stabilized", "sinkhorn_epsilon_scaling"):
+        patches[name] = _method_entry(name)
+    patches["sinkhorn_knopp"] = _method_entry("sinkhorn")
+    for mod in (ot, ot.bregman, pot_sinkhorn, pot_empirical):
+        for name, fn in patches.items():
+            if name in vars(mod):
+                setattr(mod, name, fn)
+                SWAPPED.append(f"{mod.__name__}.{name}")
+
+
+def pytest_report_header(config):
+    return f"otsolve swapped in for: {', '.join(SWAPPED)}"

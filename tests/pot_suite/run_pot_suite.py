@@ -1,0 +1,37 @@
+"""Run POT's Sinkhorn tests (test_bregman.py minus barycenters (incl. convolutional and unmix),
+screenkhorn and the geomloss wrapper, none of which calls ``ot.sinkhorn``) with otsolve swapped
+in, and print the pass count. The empirical-Sinkhorn tests stay: they call ``sinkhorn``.
+
+Usage::
+
+    python tests/pot_suite/run_pot_suite.py /path/to/POT/test/test_bregman.py [extra pytest args]
+
+Get the file from a POT checkout (e.g. ``git show <commit>:test/test_bregman.py``); it is not
+copied into this repository. POT's ``test/conftest.py`` must sit next to it (it defines the
+``nx`` fixture and ``pytest.skip_backend``).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# tests that exercise functions other than ot.sinkhorn / ot.sinkhorn2 (out of scope)
+EXCLUDE = ("barycenter", "bary", "unmix", "screenkhorn", "geomloss", "convolutional", "unbalanced")
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    path = argv[0]
+    here = os.path.dirname(os.path.abspath(__file__))
+    kexpr = " and ".join(f"not {w}" for w in EXCLUDE)
+    cmd = [sys.executable, "-m", "pytest", path, "-p", "pot_swap", "-k", kexpr, "-q", "-p", "no:cacheprovider",
+           *argv[1:]]
+    env = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.call(cmd, env=env, cwd=os.path.dirname(os.path.abspath(path)))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
