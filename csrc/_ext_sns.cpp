@@ -89,6 +89,24 @@ static std::tuple<double, double> line_eval(Mat<T> C, CVec x, CVec y, CVec dx, C
   return {r.mass, r.lmax};
 }
 
+template <typename T>
+static std::tuple<double, double> stats(Mat<T> C, CVec x, CVec y, double eps, Vec row, Vec col,
+                                        int n_threads) {
+  const size_t n = C.shape(0), m = C.shape(1);
+  check_eps(eps);
+  check_len("x", x.shape(0), n);
+  check_len("row", row.shape(0), n);
+  check_len("y", y.shape(0), m);
+  check_len("col", col.shape(0), m);
+  double mass, cost = 0.0;
+  {
+    nb::gil_scoped_release release;
+    mass = plan_stats(C.data(), long(n), long(m), x.data(), y.data(), eps, row.data(), col.data(),
+                      &cost, n_threads);
+  }
+  return {mass, cost};
+}
+
 static SparseSystem make_system(CVec row, CVec col, CIdxMat kidx, CValMat kval, CIdxVec tptr,
                                 CIdxVec tidx, CVec tval, int n_threads) {
   const size_t n = row.shape(0), m = col.shape(0), k = kidx.shape(1);
@@ -127,6 +145,10 @@ static void bind_dtype(nb::module_& m) {
         nb::arg("dy"), nb::arg("alpha"), nb::arg("eps"), nb::arg("row"), nb::arg("col"),
         nb::arg("n_threads") = 0,
         "Marginals of the plan at (x + alpha dx, y + alpha dy). Returns (mass, lmax).");
+  m.def("sns_plan_stats", &stats<T>, nb::arg("C"), nb::arg("x"), nb::arg("y"), nb::arg("eps"),
+        nb::arg("row"), nb::arg("col"), nb::arg("n_threads") = 0,
+        "Marginals, mass and <C, P> of the plan of (x, y). Returns (mass, cost); mass = inf on "
+        "overflow.");
 }
 
 NB_MODULE(_ext_sns, m) {

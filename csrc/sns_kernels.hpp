@@ -176,6 +176,59 @@ FormResult form_system(const T* C, long n, long m, const double* x, const double
   return res;
 }
 
+// Exact statistics of the plan of (x, y) (no trial step): marginals row/col, mass and
+// <C, P> (returned in `cost`); mass = inf when an exponent exceeds kOverflowExponent.
+template <typename T>
+double plan_stats(const T* C, long n, long m, const double* x, const double* y, double eps,
+                  double* row, double* col, double* cost, int n_threads) {
+  const int nt = threads(n_threads);
+  const double inv_eps = 1.0 / eps;
+  std::vector<std::vector<double>> acc(nt, std::vector<double>(m, 0.0));
+  double mass = 0.0, csum = 0.0;
+  int overflow = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : mass, csum, overflow)
+  {
+    const int tid = thread_num();
+    double* ca = acc[tid].data();
+    std::vector<double> lbuf(m);
+    double* L = lbuf.data();
+#pragma omp for schedule(static)
+    for (long i = 0; i < n; ++i) {
+      const T* c = C + i * m;
+      double mx = -std::numeric_limits<double>::infinity();
+#pragma omp simd reduction(max : mx)
+      for (long j = 0; j < m; ++j) {
+        L[j] = (x[i] + y[j] - static_cast<double>(c[j])) * inv_eps - 1.0;
+        mx = std::max(mx, L[j]);
+      }
+      if (!(mx <= kOverflowExponent)) {
+        overflow += 1;
+        row[i] = std::numeric_limits<double>::infinity();
+        continue;
+      }
+      double s = 0.0, t = 0.0;
+#pragma omp simd reduction(+ : s, t)
+      for (long j = 0; j < m; ++j) {
+        const double p = fast_exp(L[j]);
+        s += p;
+        t += p * static_cast<double>(c[j]);
+        ca[j] += p;
+      }
+      row[i] = s;
+      mass += s;
+      csum += t;
+    }
+#pragma omp for schedule(static)
+    for (long j = 0; j < m; ++j) {
+      double t = 0.0;
+      for (int q = 0; q < nt; ++q) t += acc[q][j];
+      col[j] = t;
+    }
+  }
+  *cost = csum;
+  return overflow > 0 ? std::numeric_limits<double>::infinity() : mass;
+}
+
 // The sparsified system matrix M~ = [[diag(row), P~], [P~^T, diag(col)]].
 struct SparseSystem {
   const double* row;

@@ -219,7 +219,7 @@ def test_otsolve_kernels_are_race_free(cp, rng, monkeypatch, dtype):
     """Racecheck on the CPU: each block's threads in several pseudo-random orders give the same
     bits (only the Hessian matvec's atomics may round differently: its sums are unordered)."""
     from otsolve.backends.cupy_sinkhorn import CudaGeometry, CudaSinkhornEngine
-    from otsolve.backends.cupy_sns import hessian_matvec, sparsified_hessian
+    from otsolve.backends.sns_kernels import hessian_matvec, sparsified_hessian
 
     n, m, d, eps = 70, 45, 3, 0.1
     x, y = rng.random((n, d)).astype(dtype), rng.random((m, d)).astype(dtype)

@@ -10,11 +10,20 @@ from hypothesis import strategies as st
 
 import otsolve
 from otsolve.kernels import sns_reference as ref
-from otsolve.solvers.sns import SinkhornNewtonSparse, _System, get_sns_kernels
+from otsolve.backends.sns_kernels import _HostSystem as _System
+from otsolve.backends.sns_kernels import get_sns_kernels
+from otsolve.solvers.sns import SinkhornNewtonSparse
 
 COMPILED = get_sns_kernels(True)
 HAVE_COMPILED = COMPILED is not ref
 needs_compiled = pytest.mark.skipif(not HAVE_COMPILED, reason="otsolve._ext_sns not built")
+
+
+def form(K, S, C, x, y, eps):
+    """The Newton system of the plan of (x, y) into S."""
+    n, m = C.shape
+    return K.sns_form_system(C, x, y, np.zeros(n), np.zeros(m), 0.0, eps, S.row, S.col, S.kidx, S.kval,
+                             S.tptr, S.tidx, S.tval, 1)
 
 
 def random_problem(rng, n, m, scale=1.0):
@@ -135,7 +144,7 @@ def test_matvec_and_pcg_match_reference_and_dense(rng, k):
     n, m, eps = 30, 25, 0.05
     C, a, b, x, y = potentials_near_optimum(rng, n, m, eps)
     S = _System(n, m, k)
-    S.form(COMPILED, C, x, y, np.zeros(n), np.zeros(m), 0.0, eps, 1)
+    form(COMPILED, S, C, x, y, eps)
     M = dense_from_system(S, n, m)
     v = rng.normal(size=n + m)
     out0, out1 = np.empty(n + m), np.empty(n + m)
@@ -181,7 +190,7 @@ def test_gradient_and_hessian_against_finite_differences(rng):
     C, a, b = random_problem(rng, n, m)
     x, y = rng.normal(size=n) * 0.1, rng.normal(size=m) * 0.1
     S = _System(n, m, m)  # k = m: the exact Hessian
-    S.form(ref, C, x, y, np.zeros(n), np.zeros(m), 0.0, eps, 1)
+    form(ref, S, C, x, y, eps)
     grad = np.concatenate([a - S.row, b - S.col])
     H = -dense_from_system(S, n, m) / eps
     z = np.concatenate([x, y])
@@ -442,7 +451,7 @@ def test_diffuse_plan_switches_to_sinkhorn(rng):
 
 
 def test_direct_newton_solve_solves_the_sparsified_system(rng):
-    from otsolve.solvers.sns import direct_newton_solve
+    from otsolve.backends.sns_kernels import direct_newton_solve
 
     n, m, k = 30, 40, 6
     kidx = np.array([rng.choice(m, k, replace=False) for _ in range(n)])

@@ -1,4 +1,5 @@
-// Sinkhorn-Newton-Sparse on the GPU: sparsified Hessian assembly and its matvec.
+// Sinkhorn-Newton-Sparse on the GPU: plan statistics, sparsified Hessian assembly and its matvec
+// (the CUDA kernel set of the one SNS driver, otsolve/backends/sns_kernels.py).
 //
 // Hessian of the dual (spec sinkhorn_sns.md §3, §4.1):  -eta * M(P),
 //   M(P) = [[diag(P 1), P], [P^T, diag(P^T 1)]].
@@ -139,6 +140,103 @@ __global__ void hess_matvec_csr(const int* __restrict__ indptr, const int* __res
   yx[i] = eta * acc;
 }
 
+// ---- plan statistics (marginals, largest exponent, <C, P>) at given potentials ----------------
+// The Newton stage evaluates the plan P_ij = exp((f_i + g_j - C_ij)/eps - 1) at every line-search
+// trial: row sums, the largest exponent of each row (overflow test) and, for the final result,
+// <C, P> per row come from one warp per row (online log-sum-exp, sums in double); column sums
+// from one thread per column over a chunk of rows (coalesced reads), chunks added atomically
+// into `col` (zeroed by the caller).
+
+template <typename T> struct DenseCost {
+  const T* C;
+  i64 m;
+  __device__ __forceinline__ T operator()(i64 i, i64 j) const { return C[i * m + j]; }
+};
+
+// scale * ||x_i - y_j||^2 (kind 0) or scale * ||x_i - y_j|| (kind 1); X (n, d), YT (d, m).
+template <typename T> struct CloudCost {
+  const T* X;
+  const T* YT;
+  int d, kind;
+  T scale;
+  i64 m;
+  __device__ __forceinline__ T operator()(i64 i, i64 j) const {
+    T acc = (T)0;
+    for (int k = 0; k < d; ++k) {
+      const T t = X[i * d + k] - YT[(i64)k * m + j];
+      acc += t * t;
+    }
+    return ((kind == 1) ? sqrt(acc) : acc) * scale;
+  }
+};
+
+template <typename T, typename Cost>
+__device__ __forceinline__ void plan_rows_impl(const Cost& cost, const T* __restrict__ f, const T* __restrict__ g,
+                                               i64 n, i64 m, T eps, double* __restrict__ row,
+                                               double* __restrict__ rmax, double* __restrict__ rcost) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const i64 i = (i64)blockIdx.x * (blockDim.x >> 5) + warp;
+  if (i >= n) return;
+  const T inv = (T)1 / eps, fi = f[i];
+  Lse<T> s;
+  s.init();
+  for (i64 j = lane; j < m; j += 32) {
+    const T c = cost(i, j);
+    s.push((fi + g[j] - c) * inv - (T)1, c);
+  }
+  s.warp_reduce();
+  if (lane == 0) {
+    row[i] = exp(s.value());
+    rmax[i] = (double)s.mx;
+    rcost[i] = (s.s > 0.0) ? exp((double)s.mx) * s.t : 0.0;
+  }
+}
+
+template <typename T, typename Cost>
+__device__ __forceinline__ void plan_cols_impl(const Cost& cost, const T* __restrict__ f, const T* __restrict__ g,
+                                               i64 n, i64 m, T eps, int rpc, double* __restrict__ col) {
+  const i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= m) return;
+  const i64 r0 = (i64)blockIdx.y * rpc;
+  const i64 r1 = (r0 + rpc < n) ? r0 + rpc : n;
+  const T inv = (T)1 / eps, gj = g[j];
+  double s = 0.0;
+  for (i64 i = r0; i < r1; ++i) s += (double)Tr<T>::ex((f[i] + gj - cost(i, j)) * inv - (T)1);
+  atomicAdd(col + j, s);
+}
+
+template <typename T>
+__global__ void plan_rows_dense(const T* __restrict__ C, const T* __restrict__ f, const T* __restrict__ g, i64 n,
+                                i64 m, T eps, double* __restrict__ row, double* __restrict__ rmax,
+                                double* __restrict__ rcost) {
+  const DenseCost<T> cost{C, m};
+  plan_rows_impl<T>(cost, f, g, n, m, eps, row, rmax, rcost);
+}
+
+template <typename T>
+__global__ void plan_cols_dense(const T* __restrict__ C, const T* __restrict__ f, const T* __restrict__ g, i64 n,
+                                i64 m, T eps, int rpc, double* __restrict__ col) {
+  const DenseCost<T> cost{C, m};
+  plan_cols_impl<T>(cost, f, g, n, m, eps, rpc, col);
+}
+
+template <typename T>
+__global__ void plan_rows_pointcloud(const T* __restrict__ X, const T* __restrict__ YT, int d, int kind, T scale,
+                                     const T* __restrict__ f, const T* __restrict__ g, i64 n, i64 m, T eps,
+                                     double* __restrict__ row, double* __restrict__ rmax,
+                                     double* __restrict__ rcost) {
+  const CloudCost<T> cost{X, YT, d, kind, scale, m};
+  plan_rows_impl<T>(cost, f, g, n, m, eps, row, rmax, rcost);
+}
+
+template <typename T>
+__global__ void plan_cols_pointcloud(const T* __restrict__ X, const T* __restrict__ YT, int d, int kind, T scale,
+                                     const T* __restrict__ f, const T* __restrict__ g, i64 n, i64 m, T eps, int rpc,
+                                     double* __restrict__ col) {
+  const CloudCost<T> cost{X, YT, d, kind, scale, m};
+  plan_cols_impl<T>(cost, f, g, n, m, eps, rpc, col);
+}
+
 #ifdef OTSOLVE_NVCC_CHECK
 #define OTS_TOPK_INST(T, K)                                                                                 \
   template __global__ void topk_rows_dense<T, K>(const T*, const T*, const T*, i64, i64, T, int, T*, int*); \
@@ -150,6 +248,16 @@ OTS_TOPK_INST(float, 32)
 OTS_TOPK_INST(double, 8)
 OTS_TOPK_INST(double, 16)
 OTS_TOPK_INST(double, 32)
+#define OTS_PLAN_INST(T)                                                                                   \
+  template __global__ void plan_rows_dense<T>(const T*, const T*, const T*, i64, i64, T, double*, double*,     \
+                                              double*);                                                       \
+  template __global__ void plan_cols_dense<T>(const T*, const T*, const T*, i64, i64, T, int, double*);        \
+  template __global__ void plan_rows_pointcloud<T>(const T*, const T*, int, int, T, const T*, const T*, i64,    \
+                                                   i64, T, double*, double*, double*);                        \
+  template __global__ void plan_cols_pointcloud<T>(const T*, const T*, int, int, T, const T*, const T*, i64,    \
+                                                   i64, T, int, double*);
+OTS_PLAN_INST(float)
+OTS_PLAN_INST(double)
 template __global__ void hess_matvec_csr<float>(const int*, const int*, const float*, const float*, const float*,
                                                 const float*, i64, float, float*, float*);
 template __global__ void hess_matvec_csr<double>(const int*, const int*, const double*, const double*,

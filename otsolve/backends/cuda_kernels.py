@@ -36,6 +36,10 @@ KERNELS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("topk_rows_pointcloud", ("16",)),
         ("topk_rows_pointcloud", ("32",)),
         ("hess_matvec_csr", ()),
+        ("plan_rows_dense", ()),
+        ("plan_cols_dense", ()),
+        ("plan_rows_pointcloud", ()),
+        ("plan_cols_pointcloud", ()),
     ],
 }
 

@@ -20,6 +20,7 @@ __all__ = [
     "sns_line_eval",
     "sns_matvec",
     "sns_pcg",
+    "sns_plan_stats",
 ]
 
 # Largest exponent accepted in a trial plan: exp(700) * n * m stays finite in float64.
@@ -47,6 +48,21 @@ def sns_line_eval(C, x, y, dx, dy, alpha, eps, row, col, n_threads=0):
     row[:] = P.sum(1)
     col[:] = P.sum(0)
     return float(row.sum()), lmax
+
+
+def sns_plan_stats(C, x, y, eps, row, col, n_threads=0):
+    """Exact statistics of the plan of ``(x, y)``: fills ``row`` (P1) and ``col`` (P^T 1);
+    returns ``(mass, cost)`` with ``cost = <C, P>``; ``mass`` is ``inf`` when an exponent exceeds
+    :data:`OVERFLOW_EXPONENT` (then ``row``/``col``/``cost`` are unspecified)."""
+    L = _exponents(C, x, y, 0.0, 0.0, 0.0, eps)
+    if not float(L.max()) <= OVERFLOW_EXPONENT:
+        row[:] = np.inf
+        col[:] = np.inf
+        return float("inf"), float("inf")
+    P = np.exp(L)
+    row[:] = P.sum(1)
+    col[:] = P.sum(0)
+    return float(row.sum()), float((P * np.asarray(C, dtype=np.float64)).sum())
 
 
 def _transpose(kidx, kval, m, tptr, tidx, tval):

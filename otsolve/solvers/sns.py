@@ -10,32 +10,23 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ..kernels import get_sinkhorn_kernels
-from ..kernels import sns_reference
-from ..problems import LinearProblem
-from ._common import (
-    default_tol,
-    dense_plan,
-    initial_potentials,
-    is_cupy_problem,
-    marginal_l1,
-    plan_statistics,
-    safe_log,
-    warn_not_converged,
+from .._validation import InsufficientMemoryError, check_n_threads
+from ..backends.sns_kernels import (
+    DIRECT_MAX,
+    CudaSNSKernels,
+    HostSNSKernels,
+    direct_newton_solve,
+    get_sns_kernels,
 )
+from ..problems import LinearProblem
+from ._common import default_tol, initial_potentials, is_cupy_problem, warn_not_converged
 from .result import OTResult
 
-__all__ = ["SinkhornNewtonSparse", "get_sns_kernels", "direct_newton_solve"]
-
-try:  # built by `pip install .` from csrc/_ext_sns.cpp
-    from .. import _ext_sns as _compiled_sns
-except ImportError:  # pragma: no cover - source checkout without a build
-    _compiled_sns = None
+__all__ = ["SinkhornNewtonSparse", "get_sns_kernels", "direct_newton_solve", "NewtonState"]
 
 # Armijo sufficient-increase constant and the smallest step tried before giving up.
 _ARMIJO_C = 1e-4
@@ -43,23 +34,24 @@ _ALPHA_MIN = 2.0**-30
 # Newton steps without a new smallest marginal error before a Sinkhorn block is run (the
 # error of Newton iterates on F is not monotone, so one bad step is no evidence).
 _PATIENCE = 5
+# Fallbacks (failed Newton steps or stagnation) in a row, with no Newton step making a new
+# smallest error in between, after which SNS gives up: epsilon is hopeless for Newton steps.
+_MAX_FAILURES = 3
 # Kept-mass fraction below which the plan counts as dense for the automatic switch.
 _DENSE_KEPT = 0.9
 # Inexact-Newton forcing term: CG relative residual min(_FORCING_MAX, err**_FORCING_POW).
 _FORCING_MAX = 1e-1
 _FORCING_POW = 0.5
-# Up to this n + m, a Newton system that CG leaves above its tolerance is solved directly (dense
-# Cholesky, ~0.2 s at 3000): near-permutation plans (small n, large eta) make M~ so ill-conditioned
-# that Jacobi-PCG stalls, and SNS then stalls with it.
-DIRECT_MAX = 3000
+# Bytes the Sinkhorn blocks may spend on a stored Gibbs kernel (Sinkhorn's own default).
+_KERNEL_MEMORY = 4e9
 
 
 class NewtonState:
-    """Bookkeeping and decisions of the Newton stage, one copy for the CPU and GPU solvers.
+    """Bookkeeping and decisions of the Newton stage.
 
     Tracks the best iterate (smallest marginal error), the steps since it (patience), the recent
-    errors (slow linear rate -> denser Hessian), and whether CG has stalled on this problem
-    (then the systems are solved directly, see :func:`direct_newton_solve`).
+    errors (slow linear rate -> denser Hessian), whether CG has stalled on this problem (then the
+    systems are solved directly) and the fallbacks in a row (fail fast).
     """
 
     def __init__(self, n: int, m: int, x, y, err: float = np.inf) -> None:
@@ -67,11 +59,14 @@ class NewtonState:
         self.bad_steps = 0
         self.step_errs: list[float] = []
         self.small = n + m <= DIRECT_MAX
+        self.failures = 0
 
-    def observe(self, err: float, n_newton: int, x, y) -> None:
+    def observe(self, err: float, n_newton: int, x, y, after_newton_step: bool = False) -> None:
         """Record the error of the current iterate (x, y)."""
         if err < self.best[0]:
             self.best, self.bad_steps = (err, x.copy(), y.copy()), 0
+            if after_newton_step:
+                self.failures = 0
         elif n_newton > 0:
             self.bad_steps += 1
 
@@ -112,54 +107,6 @@ class NewtonState:
         return self.small and not res <= rtol
 
 
-def direct_newton_solve(row, col, kidx, kval, rhs) -> np.ndarray | None:
-    """Solve the sparsified Newton system as projected CG does, but directly; None on failure.
-
-    ``M~ = [[diag(row), P~], [P~^T, diag(col)]]`` with ``P~`` given per row by the kept columns
-    ``kidx`` (n, k) and values ``kval``. With ``v = (1_n, -1_m)`` (the gauge direction, spec
-    sinkhorn_sns.md §3) and ``Pi`` the projection onto its complement, returns the ``z`` with
-    ``Pi M~ Pi z = Pi rhs`` and ``v . z = 0``: a dense Cholesky solve of
-    ``Pi M~ Pi + s v v^T / (n + m)`` (positive definite; ``s`` = mean diagonal keeps it scaled).
-    """
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve  # noqa: PLC0415
-
-    row, col = np.asarray(row, dtype=np.float64), np.asarray(col, dtype=np.float64)
-    n, m = row.size, col.size
-    N = n + m
-    M = np.zeros((N, N))
-    M[np.arange(n), np.arange(n)] = row
-    M[n + np.arange(m), n + np.arange(m)] = col
-    ii = np.repeat(np.arange(n), kidx.shape[1])
-    jj = n + np.asarray(kidx, dtype=np.int64).ravel()
-    vv = np.asarray(kval, dtype=np.float64).ravel()
-    np.add.at(M, (ii, jj), vv)
-    np.add.at(M, (jj, ii), vv)
-    v = np.concatenate([np.ones(n), -np.ones(m)])
-    Mv = M @ v
-    vMv = float(v @ Mv)
-    # Pi M Pi = M - (Mv v^T + v Mv^T)/N + (v^T M v) v v^T / N^2, plus s v v^T / N
-    s = float(np.mean(np.diag(M))) or 1.0
-    A = M - (np.outer(Mv, v) + np.outer(v, Mv)) / N + (vMv / N**2 + s / N) * np.outer(v, v)
-    b = np.asarray(rhs, dtype=np.float64)
-    b = b - (b @ v) / N * v
-    try:
-        z = cho_solve(cho_factor(A, lower=True, check_finite=False), b, check_finite=False)
-    except (LinAlgError, ValueError):
-        return None
-    return z if np.all(np.isfinite(z)) else None
-
-
-def get_sns_kernels(compiled: bool = True) -> ModuleType:
-    """Module with ``sns_form_system``, ``sns_line_eval``, ``sns_matvec``, ``sns_pcg``.
-
-    The compiled C++ module when built (and ``compiled``), else the NumPy reference
-    :mod:`otsolve.kernels.sns_reference` (same signatures).
-    """
-    if compiled and _compiled_sns is not None:
-        return _compiled_sns
-    return sns_reference
-
-
 def _check_int(value: Any, name: str, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -172,27 +119,12 @@ def _check_pos(value: Any, name: str, upper: float | None = None) -> None:
         raise ValueError(f"{name} must be a positive number{bound}, got {value!r}")
 
 
-class _System:
-    """Buffers of one Newton system: marginals, kept entries and their transpose."""
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB ({int(nbytes):,} bytes)"
 
-    def __init__(self, n: int, m: int, k: int) -> None:
-        self.row, self.col = np.empty(n), np.empty(m)
-        self.kidx = np.empty((n, k), dtype=np.int64)
-        self.kval = np.empty((n, k))
-        self.tptr = np.empty(m + 1, dtype=np.int64)
-        self.tidx = np.empty(n * k, dtype=np.int64)
-        self.tval = np.empty(n * k)
-        self.mass = self.kept = float("nan")
 
-    def form(self, K, C, x, y, dx, dy, alpha, eps, n_threads) -> bool:
-        """Evaluate the plan at x + alpha dx, y + alpha dy; False when it overflows."""
-        self.mass, _, self.kept = K.sns_form_system(
-            C, x, y, dx, dy, alpha, eps, self.row, self.col, self.kidx, self.kval, self.tptr,
-            self.tidx, self.tval, n_threads)
-        return bool(np.isfinite(self.mass))
-
-    def arrays(self):
-        return self.row, self.col, self.kidx, self.kval, self.tptr, self.tidx, self.tval
+def _host(v):
+    return v.get() if hasattr(v, "get") else v
 
 
 @dataclass(frozen=True)
@@ -248,29 +180,50 @@ class SinkhornNewtonSparse:
         plans at small n make the sparsified Hessian too ill-conditioned for Jacobi-PCG.
     max_sinkhorn : int, default 10000
         Total Sinkhorn iterations (warm-up, automatic extension and fallbacks together).
+    max_memory : float, optional
+        Bytes the solve may allocate (the dense cost of the Newton stage when it is not already
+        a dense matrix, the Newton systems, the direct-solve matrices; the Sinkhorn blocks' stored
+        kernel is only used within what is left). Default: the memory available now (Linux
+        ``MemAvailable``; on the GPU the device's free memory). A solve that cannot fit raises
+        :class:`ValueError` (``otsolve.InsufficientMemoryError``) naming the bytes needed and the
+        limit, before anything large is allocated.
     n_threads : int, default 0
-        OpenMP threads of the compiled kernels (0 = all).
+        OpenMP threads of the compiled kernels (0 = all; capped at the machine's cores).
     compiled : bool, default True
-        Use the compiled kernels (False: the NumPy references, for checks).
+        Use the compiled kernels (False: the NumPy references, for checks; CuPy problems are then
+        solved on the host and handed back as CuPy arrays).
     warn : bool, default True
         Emit a RuntimeWarning when the solve does not converge.
 
     Notes
     -----
+    One driver runs on every device: the CPU kernels (C++/OpenMP, or the NumPy reference) and
+    the CUDA kernels through CuPy (CuPy problems; point clouds keep their on-the-fly cost there,
+    ``k_row <= 32``) are kernel sets of :mod:`otsolve.backends.sns_kernels`. The Sinkhorn blocks
+    are :class:`~otsolve.Sinkhorn` solves warm-started from the current iterate.
+
     Potentials are defined up to ``(f + t, g - t)``. Rows or columns with zero weight are removed
-    before solving (their potentials are ``-inf``). The plan is dense during the solve (O(nm)
-    memory and time per Newton step); point clouds are materialised.
+    before solving (their potentials are ``-inf``). On the CPU the plan is dense during the solve
+    (O(nm) memory and time per Newton step); point clouds are materialised, within
+    ``max_memory``.
 
     When a Newton step fails (no acceptable step or no ascent direction: then ``k_row`` is
     doubled too) or no new smallest error comes in 5 Newton steps, the solver runs a block of
     over-relaxed Sinkhorn iterations from the current iterate; each event is listed in
-    ``result.fallbacks``. The returned
-    iterate is the best one met (smallest marginal error), never worse than the Sinkhorn stage.
+    ``result.fallbacks``. After 3 such fallbacks in a row with no Newton step reaching a new
+    smallest error in between, SNS gives up (status ``"newton_failed"``, ``converged=False``, a
+    RuntimeWarning): ε is too small for Newton steps from this start (the plan's entries span
+    more than the floating-point range, line searches and direct solves fail); the message
+    gives ε relative to the cost range and suggests :class:`~otsolve.Sinkhorn` with
+    ``epsilon_scaling=True`` or a larger ε. The returned iterate is the best one met (smallest
+    marginal error), never worse than the Sinkhorn stage. ``converged`` is True only when the
+    marginal L1 error of the returned plan, recomputed from scratch, is finite and ``<= tol``.
 
     Extra result fields: ``n_sinkhorn``, ``n_newton``, ``cg_iterations`` (per Newton step),
-    ``cg_residuals``, ``step_sizes``, ``nnz_per_row`` (final ``k_row``), ``kept_mass`` (fraction
-    of the plan's mass kept in the sparsified block, per step), ``fallbacks``, ``newton_times``
-    (seconds since the start at each Newton error measurement), ``sinkhorn_time``, ``time``.
+    ``cg_residuals``, ``direct_solves``, ``step_sizes``, ``nnz_per_row`` (final ``k_row``),
+    ``kept_mass`` (fraction of the plan's mass kept in the sparsified block, per step),
+    ``fallbacks``, ``newton_times`` (seconds since the start at each Newton error measurement),
+    ``sinkhorn_time``, ``time``, ``tol``, ``backend`` ("numpy" or "cupy").
 
     References
     ----------
@@ -290,6 +243,7 @@ class SinkhornNewtonSparse:
     cg_rtol: float = 1e-10
     cg_maxiter: int | None = None
     max_sinkhorn: int = 10_000
+    max_memory: float | None = None
     n_threads: int = 0
     compiled: bool = True
     warn: bool = True
@@ -310,59 +264,74 @@ class SinkhornNewtonSparse:
         if self.cg_maxiter is not None:
             _check_int(self.cg_maxiter, "cg_maxiter", 1)
         _check_int(self.max_sinkhorn, "max_sinkhorn", 0)
-        _check_int(self.n_threads, "n_threads", 0)
+        if self.max_memory is not None:
+            _check_pos(self.max_memory, "max_memory")
+        object.__setattr__(self, "n_threads", check_n_threads(self.n_threads))
 
     # ------------------------------------------------------------------------------------
     def __call__(self, problem: LinearProblem, init: Any = None) -> OTResult:
         if not isinstance(problem, LinearProblem):
             raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
-        if is_cupy_problem(problem):  # GPU path (CuPy backend)
-            from ..backends.cupy_sns import solve_sns_cupy
-
-            return solve_sns_cupy(self, problem, init)
         eps = problem.require_epsilon()
+        on_gpu = is_cupy_problem(problem)
+        if on_gpu and not self.compiled:
+            # the NumPy reference runs on the host: solve there, hand the arrays back on the device
+            import cupy  # noqa: PLC0415
+
+            host_init = None
+            if init is not None:
+                f0, g0 = (init.f, init.g) if hasattr(init, "f") and hasattr(init, "g") else init
+                host_init = (_host(f0), _host(g0))
+            return self(problem.to_namespace(np), host_init).to_namespace(cupy)
         geom = problem.geom
-        n, m = geom.shape
+        n_full, m_full = geom.shape
         tol = default_tol(problem.dtype) if self.tol is None else float(self.tol)
-        f, g = initial_potentials(init, n, m)
-        a = np.asarray(problem.a, dtype=np.float64)
-        b = np.asarray(problem.b, dtype=np.float64)
-        # Zero-mass rows/columns carry no plan mass: solve on the support, their potentials are
-        # -inf (the Newton system would have empty rows there and be singular).
-        rs, cs = np.flatnonzero(a > 0), np.flatnonzero(b > 0)
-        C = np.asarray(geom.cost_matrix)
-        if rs.size < n or cs.size < m:
-            C = C[np.ix_(rs, cs)]
-        C = np.ascontiguousarray(C)
-        x, y = f[rs].copy(), g[cs].copy()
-        x[~np.isfinite(x)] = 0.0  # a -inf warm start on the support is meaningless
-        y[~np.isfinite(y)] = 0.0
+        if on_gpu:
+            K = CudaSNSKernels(problem, eps)
+        else:
+            a_h = np.asarray(problem.a)
+            b_h = np.asarray(problem.b)
+            K = HostSNSKernels(problem, np.flatnonzero(a_h > 0), np.flatnonzero(b_h > 0), eps,
+                               compiled=self.compiled, n_threads=self.n_threads)
+        f0, g0 = initial_potentials(init, n_full, m_full, xp=K.xp, dtype=K.dtype)
+        k = math.ceil(self.density * K.m) if self.density is not None else self.k_row
+        k = int(min(max(k, 1), K.k_max))
+        self._check_memory(K, k)
+        x, y = K.new_potentials(f0, g0)
 
         t0 = time.perf_counter()
-        out = self._solve(C, a[rs], b[cs], eps, x, y, tol, t0)
+        out = self._solve(K, eps, x, y, tol, k, t0)
         elapsed = time.perf_counter() - t0
 
-        f_full = np.full(n, -np.inf)
-        g_full = np.full(m, -np.inf)
-        f_full[rs], g_full[cs] = out["x"], out["y"]
-        nt = self.n_threads or (1 if n * m < (1 << 20) else 0)
-        row, col, cost, plogp = plan_statistics(geom, f_full, g_full, eps, self.compiled, nt)
-        merr = marginal_l1(problem, row, col)
+        # exact statistics of the returned plan, from scratch (zero-weight rows/columns carry
+        # no mass: the support's statistics are the full problem's)
+        xb, yb = out["x"], out["y"]
+        row, col, cost = K.measure(xb, yb)
+        a_s, b_s = _host(K.a), _host(K.b)
+        merr = float(np.abs(row - a_s).sum() + np.abs(col - b_s).sum())
+        xh, yh = _host(xb).astype(np.float64), _host(yb).astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            plogp = (float(xh @ row) + float(yh @ col) - cost) / eps - float(row.sum())
         converged = bool(np.isfinite(merr) and merr <= tol)
         if converged:
             status, message = "converged", f"marginal L1 error {merr:.3g} <= tol {tol:.3g}"
         else:
-            status = out["status"]
+            status = out["status"] if out["status"] != "converged" else "max_iter"
             message = f"{out['message']}; marginal L1 error {merr:.3g} > tol {tol:.3g}"
         if not converged and self.warn:
             warn_not_converged("SinkhornNewtonSparse", message)
         out_dtype = problem.dtype
+        f_full, g_full = K.full_potentials(xb, yb)
+
+        def plan():
+            return geom.plan_from_potentials(f_full, g_full, eps, out_dtype)
+
         return OTResult(
             method=self.method,
             f=f_full.astype(out_dtype),
             g=g_full.astype(out_dtype),
-            cost=cost,
-            value=cost + eps * plogp,
+            cost=float(cost),
+            value=float(cost + eps * plogp),
             converged=converged,
             n_iter=out["n_sinkhorn"] + out["n_newton"],
             marginal_error=merr,
@@ -370,7 +339,7 @@ class SinkhornNewtonSparse:
             message=message,
             status=status,
             epsilon=eps,
-            plan_fn=lambda: dense_plan(geom, f_full, g_full, eps, out_dtype),
+            plan_fn=plan,
             n_sinkhorn=out["n_sinkhorn"],
             n_newton=out["n_newton"],
             cg_iterations=out["cg_iterations"],
@@ -383,82 +352,76 @@ class SinkhornNewtonSparse:
             newton_times=out["newton_times"],
             sinkhorn_time=out["sinkhorn_time"],
             time=elapsed,
+            tol=tol,
+            backend="cupy" if on_gpu else "numpy",
         )
 
     # ------------------------------------------------------------------------------------
-    def _solve(self, C, a, b, eps, x, y, tol, t0) -> dict:
-        n, m = C.shape
-        SK = get_sinkhorn_kernels(self.compiled)
-        K = get_sns_kernels(self.compiled)
-        # Below ~1M entries a pass takes about a millisecond and OpenMP barriers (badly hurt
-        # when the cores are shared) cost more than the second core gains: one thread.
-        nt = self.n_threads or (1 if n * m < (1 << 20) else 0)
-        log_a, log_b = safe_log(a), safe_log(b)
-        k = math.ceil(self.density * m) if self.density is not None else self.k_row
-        k = int(min(max(k, 1), m))
+    def _check_memory(self, K, k: int) -> None:
+        """Refuse a solve whose allocations cannot fit, before allocating; hand the Sinkhorn
+        blocks what is left for a stored kernel."""
+        need, avail, where = K.memory(k)
+        limit, source = (self.max_memory, "max_memory") if self.max_memory is not None else (
+            avail, f"the available {where}")
+        if limit is not None and need > limit:
+            raise InsufficientMemoryError(
+                f"SinkhornNewtonSparse on this {K.n}x{K.m} problem needs about {_gib(need)} "
+                f"(the Newton stage holds the dense cost and the sparsified systems) but "
+                f"{source} is {_gib(limit)}; use otsolve.Sinkhorn (point clouds: cost computed on "
+                f"the fly, O((n + m) d) memory) or a smaller problem, or raise max_memory")
+        left = _KERNEL_MEMORY if limit is None else max(0.0, min(_KERNEL_MEMORY, float(limit) - need))
+        K.setup(left)
+
+    def _hopeless_message(self, K, eps: float, fail: str, failures: int) -> str:
+        try:
+            rng = float(K._problem.geom.cost_range())
+            rel = f"epsilon = {eps:.3g} is {eps / rng:.2g} x the cost range {rng:.3g}"
+        except Exception:  # noqa: BLE001 - a geometry without a cheap range: say less
+            rel = f"epsilon = {eps:.3g}"
+        return (f"Newton steps fail at this epsilon ({failures} fallbacks in a row without "
+                f"progress; last: {fail}): {rel}, too small for Newton steps from this start. Use "
+                f"otsolve.Sinkhorn(epsilon_scaling=True) or a larger epsilon")
+
+    def _solve(self, K, eps: float, x, y, tol: float, k: int, t0: float) -> dict:
+        from .sinkhorn import Sinkhorn  # noqa: PLC0415  (public interface only)
+
+        xp = K.xp
+        n, m = K.n, K.m
+        a, b = K.a, K.b
         cg_maxiter = self.cg_maxiter or max(500, n + m)
-        # The Sinkhorn kernel measures the row error only (columns exact up to rounding).
-        tol_sk = max(tol - 16 * (n + m) * np.finfo(float).eps * float(a.sum()), 0.5 * tol)
         errors: list[float] = []
         rec = dict(n_sinkhorn=0, n_newton=0, cg_iterations=[], cg_residuals=[], step_sizes=[],
                    kept_mass=[], fallbacks=[], newton_times=[], sinkhorn_time=0.0, direct_solves=0)
         sk_budget = [int(self.max_sinkhorn)]
+        sk_threads = self.n_threads or (1 if n * m < (1 << 20) else 0)
 
-        # Sinkhorn blocks use the lead's stabilized kernel-domain iterations (Gibbs kernel stored
-        # once, no exp per iteration) when it fits in memory; they hand back (status 3) when the
-        # stored kernel underflows, and a few log-domain sweeps then bring the potentials close.
-        use_scaling = hasattr(SK, "sinkhorn_scaling_dense") and C.size * C.itemsize <= 2e9
-        workspace: list = [None]
-
-        def record(it: int, errs) -> None:
-            # errs[i] is the error of the i-th iterate of the call, measured at the start of its
-            # sweep; the final iterate of a call that stops at its budget is measured by the next
-            # call (or by the Newton stage), so one entry per iterate overall.
-            sk_budget[0] -= it
-            rec["n_sinkhorn"] += it
-            errors.extend(errs)
-
-        def sinkhorn(iters: int, stop_tol: float, omega: float = 1.0) -> tuple[float, int]:
-            """Run up to ``iters`` Sinkhorn iterations in place; (error, kernel status).
-
-            ``omega = 1`` is plain Sinkhorn (the warm-up, as in the paper); ``omega <= 0`` lets
-            the kernel over-relax adaptively (used where Sinkhorn only has to make progress).
-            """
+        def sinkhorn(iters: int, stop_tol: float, omega: float | None = 1.0) -> tuple[float, int, list]:
+            """Up to ``iters`` Sinkhorn iterations from (x, y), in place, by otsolve.Sinkhorn;
+            (exact error of the new iterate, status 0 converged / 1 budget / 2 diverged, the
+            errors of the iterates). ``omega = 1`` is plain Sinkhorn (the warm-up, as in the
+            paper), None adaptive over-relaxation (where Sinkhorn only has to make progress)."""
             left = min(iters, sk_budget[0])
-            err_last, st = float("inf"), 1
-            for attempt in range(3):
-                if left <= 0:
-                    break
-                # the kernel-domain pass pays off only over several iterations (one exp pass
-                # fills the stored kernel)
-                if use_scaling and left >= 8 and attempt < 2:
-                    if workspace[0] is None:
-                        workspace[0] = np.empty_like(C)
-                    it, st, errs = SK.sinkhorn_scaling_dense(C, log_a, log_b, x, y, eps, left,
-                                                             stop_tol, nt, workspace[0], 50.0, omega)
-                    record(it, errs)
-                    left -= it
-                    err_last = float(errs[-1]) if len(errs) else err_last  # last measured
-                    if st != 3:
-                        return err_last, st
-                    n_log = min(10, left)  # underflow: a few log-domain sweeps, then retry
-                else:
-                    n_log = left
-                it, st, errs = SK.sinkhorn_dense(C, log_a, log_b, x, y, eps, n_log, stop_tol, nt, omega)
-                record(it, errs)
-                left -= it
-                err_last = float(errs[-1]) if len(errs) else err_last
-                if st != 1:
-                    return err_last, st
-            return err_last, st
+            if left <= 0:
+                return float("inf"), 1, []
+            solver = Sinkhorn(tol=stop_tol, max_iter=left, omega=omega, kernel_memory=K.kernel_memory,
+                              n_threads=sk_threads, compiled=self.compiled, warn=False)
+            res = solver(K.sinkhorn_problem, init=K.to_sinkhorn(x, y))
+            sk_budget[0] -= res.n_iter
+            rec["n_sinkhorn"] += res.n_iter
+            errs = [float(e) for e in res.errors]
+            errors.extend(errs)
+            if res.status == "diverged" or not np.isfinite(res.marginal_error):
+                return float("inf"), 2, errs
+            K.from_sinkhorn(res.f, res.g, x, y)
+            return float(res.marginal_error), (0 if res.converged else 1), errs
 
         def finish(status: str, message: str, xb, yb) -> dict:
             rec.update(x=xb, y=yb, status=status, message=message, errors=errors, k_row=k)
             return rec
 
         # ---- stage 1: Sinkhorn warm-up ------------------------------------------------------
-        stop1 = max(tol_sk, self.switch_tol or 0.0)
-        err, st = sinkhorn(self.n_sinkhorn, stop1)
+        stop1 = max(tol, self.switch_tol or 0.0)
+        err, st, errs = sinkhorn(self.n_sinkhorn, stop1)
         if st == 2:
             return finish("diverged", "Sinkhorn stage produced non-finite potentials", x, y)
         if err > tol and self.auto_switch and self.n_sinkhorn >= 6 and err > stop1:
@@ -468,48 +431,52 @@ class SinkhornNewtonSparse:
             # Sinkhorn. The plain rate is used on purpose: early rates are optimistic, and an
             # over-relaxation estimate from them sent near-permutation problems (which need
             # Newton) into long Sinkhorn runs.
-            e = errors[-6:]
+            e = (errs + [err])[-6:]
             if len(e) == 6 and e[0] > 0 and e[-1] > 0:
                 kappa = (e[-1] / e[0]) ** 0.2
                 if kappa < 1.0:
                     need = math.log(tol / e[-1]) / math.log(kappa)
                     if need <= 3 * self.n_sinkhorn:
-                        err, st = sinkhorn(int(math.ceil(1.5 * need)) + 5, tol_sk, -1.0)
+                        err2, st2, _ = sinkhorn(int(math.ceil(1.5 * need)) + 5, tol, None)
+                        if st2 != 2:
+                            err = err2
         rec["sinkhorn_time"] = time.perf_counter() - t0
-        if err <= tol_sk:
+        if err <= tol:
             return finish("converged", "converged in the Sinkhorn stage", x, y)
 
         # ---- stage 2: Newton with a sparsified Hessian --------------------------------------
-        sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
-        zero_n, zero_m = np.zeros(n), np.zeros(m)
-        if not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
+        S_cur, S_try = K.new_system(k), K.new_system(k)
+        zero_n, zero_m = xp.zeros(n), xp.zeros(m)
+        if not K.form(S_cur, x, y, zero_n, zero_m, 0.0):
             # Only reachable from a warm start without warm-up: Sinkhorn's x-update ignores x.
-            err_sk, st = sinkhorn(max(self.n_sinkhorn, 10), tol_sk, -1.0)
+            err_sk, st, _ = sinkhorn(max(self.n_sinkhorn, 10), tol, None)
             rec["fallbacks"].append(f"the plan overflows at the starting point; ran Sinkhorn "
                                     f"iterations (error {err_sk:.3g})")
-            if st == 2 or not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
+            if st == 2 or not K.form(S_cur, x, y, zero_n, zero_m, 0.0):
                 return finish("diverged", "the plan overflows at the Sinkhorn iterate", x, y)
-        kept0 = sys_cur.kept / sys_cur.mass if sys_cur.mass > 0 else 1.0
+        K.sparsify(S_cur)
+        kept0 = S_cur.kept / S_cur.mass if S_cur.mass > 0 else 1.0
         if self.auto_switch and kept0 < _DENSE_KEPT:
             # The kept block misses most of the plan's mass: a sparse Newton model is poor here
             # (diffuse plans, e.g. W2 on images at moderate eps), while over-relaxed Sinkhorn
             # converges fast. Give Sinkhorn a block first; Newton continues from its iterate.
-            n_block = max(10 * self.n_sinkhorn, 100)
-            err_sk, st = sinkhorn(n_block, tol_sk, -1.0)
+            err_sk, st, _ = sinkhorn(max(10 * self.n_sinkhorn, 100), tol, None)
             rec["fallbacks"].append(
                 f"dense plan (top-{k} entries per row hold {kept0:.2f} of the mass): ran "
                 f"over-relaxed Sinkhorn iterations first (error {err_sk:.3g})")
-            if st == 2 or not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
+            if st == 2 or not K.form(S_cur, x, y, zero_n, zero_m, 0.0):
                 return finish("diverged", "Sinkhorn block produced non-finite potentials", x, y)
         state = NewtonState(n, m, x, y)
-        dz = np.zeros(n + m)
+        dz = xp.zeros(n + m)
         status, message = "max_iter", f"reached max_iter={self.max_iter} Newton steps"
+        accepted = False
         while True:
-            grad = np.concatenate([a - sys_cur.row, b - sys_cur.col])
-            err = float(np.abs(grad).sum())
+            grad = xp.concatenate([a - S_cur.row, b - S_cur.col])
+            err = float(xp.abs(grad).sum())
             rec["newton_times"].append(time.perf_counter() - t0)
             errors.append(err)
-            state.observe(err, rec["n_newton"], x, y)
+            state.observe(err, rec["n_newton"], x, y, after_newton_step=accepted)
+            accepted = False
             if err <= tol:
                 status, message = "converged", "converged in the Newton stage"
                 break
@@ -517,98 +484,105 @@ class SinkhornNewtonSparse:
                 break
             # Slow linear convergence with a lot of mass dropped: the plan is not sparse enough
             # for k_row (large eps); a denser Hessian restores the Newton rate.
-            denser = state.denser_k(err, k, m, rec["kept_mass"], self.adaptive_k)
+            denser = state.denser_k(err, k, K.k_max, rec["kept_mass"], self.adaptive_k)
             if denser is not None:
                 k = denser[0]
                 rec["fallbacks"].append(f"Newton step {rec['n_newton']}: {denser[1]}")
-                sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
-                sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt)
+                S_cur, S_try = K.new_system(k), K.new_system(k)
+                K.form(S_cur, x, y, zero_n, zero_m, 0.0)
             fail, stagnated = None, False
-            if state.stagnated:
+            if not np.isfinite(err):
+                fail = "non-finite marginal error"
+            elif state.stagnated:
                 fail, stagnated = f"no new smallest marginal error in {_PATIENCE} Newton steps", True
             else:
-                rec["kept_mass"].append(sys_cur.kept / sys_cur.mass if sys_cur.mass > 0 else 0.0)
+                K.sparsify(S_cur)
+                rec["kept_mass"].append(S_cur.kept / S_cur.mass if S_cur.mass > 0 else 0.0)
                 rtol = state.cg_rtol(self.cg_rtol, err)
-
-                def direct():
-                    return direct_newton_solve(sys_cur.row, sys_cur.col, sys_cur.kidx, sys_cur.kval, eps * grad)
-
-                z_direct = direct() if state.solve_directly_first(rec["direct_solves"]) else None
+                rhs = eps * grad
+                z_direct = K.direct(S_cur, rhs) if state.solve_directly_first(rec["direct_solves"]) else None
                 if z_direct is None:
-                    its, res = K.sns_pcg(*sys_cur.arrays(), eps * grad, dz, rtol, cg_maxiter, nt)
-                    rec["cg_iterations"].append(int(its))
-                    rec["cg_residuals"].append(float(res))
+                    its, res = K.pcg(S_cur, rhs, dz, rtol, cg_maxiter)
+                    rec["cg_iterations"].append(its)
+                    rec["cg_residuals"].append(res)
                     if state.solve_directly_after(res, rtol):
-                        z_direct = direct()
+                        z_direct = K.direct(S_cur, rhs)
                 if z_direct is not None:
-                    dz[:] = z_direct
+                    dz[...] = z_direct
                     rec["direct_solves"] += 1
                 shift = (dz[:n].sum() - dz[n:].sum()) / (n + m)  # gauge (1, -1) projected out
                 dz[:n] -= shift
                 dz[n:] += shift
                 dx, dy = dz[:n], dz[n:]
                 slope = float(grad @ dz)
-                if not (np.all(np.isfinite(dz)) and slope > 0):
+                if not (np.isfinite(slope) and slope > 0):
                     fail = "CG gave no ascent direction"
                 else:
-                    alpha = self._line_search(K, C, a, b, eps, x, y, dx, dy, slope, err,
-                                              sys_cur, sys_try, nt)
+                    alpha = self._line_search(K, eps, x, y, dx, dy, slope, err, S_cur, S_try)
                     if alpha is None:
                         fail = "line search found no acceptable step"
                     else:
                         x += alpha * dx
                         y += alpha * dy
-                        sys_cur, sys_try = sys_try, sys_cur
+                        S_cur, S_try = S_try, S_cur
                         rec["step_sizes"].append(alpha)
                         rec["n_newton"] += 1
+                        accepted = True
                         if alpha < 1.0:
                             dz *= alpha  # warm start of the next solve
                         continue
             # ---- fallback: a Sinkhorn block from the current iterate (F only increases along
             # accepted steps and Sinkhorn steps, so no progress is thrown away); a Hessian model
-            # that gave no acceptable step is made denser.
+            # that gave no acceptable step is made denser. Fallbacks in a row without a Newton
+            # step reaching a new smallest error: epsilon is hopeless for Newton, give up.
             rec["n_newton"] += 1
-            k_new = min(2 * k, m) if stagnated is False else k
+            state.failures += 1
+            if state.failures >= _MAX_FAILURES:
+                status, message = "newton_failed", self._hopeless_message(K, eps, fail, state.failures)
+                break
+            k_new = min(2 * k, K.k_max) if not stagnated else k
             if sk_budget[0] <= 0:
                 status, message = "fallback_exhausted", f"{fail}; Sinkhorn budget exhausted"
                 break
             x_keep, y_keep = x.copy(), y.copy()
-            err_sk, st = sinkhorn(max(self.n_sinkhorn, 10), tol_sk, -1.0)
+            err_sk, st, _ = sinkhorn(max(self.n_sinkhorn, 10), tol, None)
             rec["fallbacks"].append(
                 f"Newton step {rec['n_newton']}: {fail}; ran Sinkhorn iterations (error "
                 f"{err_sk:.3g})" + (f", k_row {k} -> {k_new}" if k_new != k else ""))
             if st == 2:
-                x[:], y[:] = x_keep, y_keep
+                x[...], y[...] = x_keep, y_keep
             if k_new != k:
                 k = k_new
-                sys_cur, sys_try = _System(n, m, k), _System(n, m, k)
-            dz = np.zeros(n + m)
+                S_cur, S_try = K.new_system(k), K.new_system(k)
+            dz = xp.zeros(n + m)
             state.restart()
-            if not sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt):
-                x[:], y[:] = state.best[1], state.best[2]
-                sys_cur.form(K, C, x, y, zero_n, zero_m, 0.0, eps, nt)
-        err_b, xb, yb = state.best
+            if not K.form(S_cur, x, y, zero_n, zero_m, 0.0):
+                x[...], y[...] = state.best[1], state.best[2]
+                K.form(S_cur, x, y, zero_n, zero_m, 0.0)
+        _, xb, yb = state.best
         return finish(status, message, xb, yb)
 
-    def _line_search(self, K, C, a, b, eps, x, y, dx, dy, slope, err, sys_cur, sys_try, nt):
-        """Armijo backtracking on F; fills ``sys_try`` at the accepted step, or returns None.
+    def _line_search(self, K, eps, x, y, dx, dy, slope, err, S_cur, S_try):
+        """Armijo backtracking on F; fills ``S_try`` at the accepted step, or returns None.
 
         A trial whose plan overflows is rejected. Near the optimum F changes at rounding level
         (spec §4.3), so a step whose F is within rounding of F(z) is accepted when it lowers the
         marginal error.
         """
+        xp = K.xp
+        a, b = K.a, K.b
         ax, by = float(a @ x), float(b @ y)
         adx, bdy = float(a @ dx), float(b @ dy)
-        F0 = -eps * sys_cur.mass + ax + by
-        noise = 64 * np.finfo(float).eps * (abs(ax) + abs(by) + eps * sys_cur.mass + abs(F0))
+        F0 = -eps * S_cur.mass + ax + by
+        noise = 64 * np.finfo(float).eps * (abs(ax) + abs(by) + eps * S_cur.mass + abs(F0))
         alpha = 1.0
         while alpha >= _ALPHA_MIN:
-            if sys_try.form(K, C, x, y, dx, dy, alpha, eps, nt):
-                F = -eps * sys_try.mass + ax + by + alpha * (adx + bdy)
+            if K.form(S_try, x, y, dx, dy, alpha):
+                F = -eps * S_try.mass + ax + by + alpha * (adx + bdy)
                 if F >= F0 + _ARMIJO_C * alpha * slope:
                     return alpha
                 if F >= F0 - noise:
-                    e = float(np.abs(a - sys_try.row).sum() + np.abs(b - sys_try.col).sum())
+                    e = float(xp.abs(a - S_try.row).sum() + xp.abs(b - S_try.col).sum())
                     if e < err:
                         return alpha
             alpha *= 0.5
