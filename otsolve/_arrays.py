@@ -72,6 +72,9 @@ def array_info(*arrays: Any) -> ArrayInfo:
     if not real:
         return ArrayInfo("numpy", aac.array_namespace(np.empty(0)), "cpu", np.dtype(np.float64))
     libs = {_library(x) for x in real}
+    if libs == {"numpy", "cupy"}:
+        raise ValueError("mixed NumPy and CuPy arrays; move them to one device first "
+                         "(cupy.asarray(x) or cupy.asnumpy(x))")
     if len(libs) > 1:
         raise ValueError(f"arrays from different libraries ({', '.join(sorted(libs))}); convert them to one "
                          "library (and device) first")

@@ -296,6 +296,8 @@ def _log(p: _Prepared, outs: list[_Outcome]) -> dict:
     else:  # sinkhorn_epsilon_scaling
         alpha, beta = back(reg * log_u), back(reg * log_v)
         log = {"err": err, "alpha": alpha, "beta": beta, "warmstart": (alpha, beta), "niter": niter}
+    log.setdefault("log_u", back(log_u))  # otsolve extras, the same for every method
+    log.setdefault("log_v", back(log_v))
     log["f"], log["g"] = back(f), back(g)
     results = [o.res if o.t is None else o.t for o in outs]
     log["result"] = results if multi else results[0]
@@ -349,7 +351,8 @@ def sinkhorn(a, b, M, reg: float, method: str = "sinkhorn", numItermax: int = 10
     log : bool
         Also return POT's log dict for the method (e.g. ``err``, ``niter``, ``u``, ``v``; ``log_u``,
         ``log_v`` for "sinkhorn_log"; ``logu``, ``logv``, ``alpha``, ``beta``, ``warmstart`` for
-        "sinkhorn_stabilized"), plus otsolve's ``f``, ``g`` and ``result``.
+        "sinkhorn_stabilized"), plus otsolve's ``log_u``, ``log_v`` (every method), ``f``, ``g``
+        (cost units) and ``result``.
     warn : bool
         UserWarning (POT's text) when the tolerance is not reached.
     warmstart : (array, array), optional
