@@ -252,3 +252,16 @@ def test_datagen_bad_options_one_line(options, tmp_path, capsys):
                "--no-progress", "--options", options])
     assert rc == 2
     _one_error_line(capsys)
+
+
+def test_numba_cache_state_is_detected(tmp_path, rng):
+    """The demo announces the one-off numba compile exactly when the kernels have no disk cache."""
+    from otsolve.cli import _numba_cache_cold
+
+    code = "from otsolve.cli import _numba_cache_cold; print(_numba_cache_cold())"
+    env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(tmp_path))  # an empty cache
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.stdout.strip() == "True", proc.stderr[-2000:]
+    x = rng.random((8, 2))
+    otsolve.solve(None, None, otsolve.PointCloud(x, x), method="sparsity_constrained", k=2, gamma=1.0)
+    assert _numba_cache_cold() is False  # compiled (or loaded) and cached on disk
