@@ -29,8 +29,8 @@ _LAZY: dict[str, str] = {
     "SparsityConstrainedOT": "otsolve.solvers.sparsity_constrained",
     "route": "otsolve.routing",
     "LightSB": "otsolve.lightsb",
-    "BatchedLinearProblem": "otsolve.backends.batched",
-    "BatchedSinkhorn": "otsolve.backends.batched",
+    "BatchedLinearProblem": "otsolve.problems",
+    "BatchedSinkhorn": "otsolve.solvers.sinkhorn",
 }
 _LAZY_MODULES = {"krylov", "pde", "datagen", "benchmarks", "metrics", "kernels", "backends", "lightsb", "routing",
                  "torch"}

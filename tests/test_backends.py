@@ -196,7 +196,7 @@ def test_relaxed_column_error_formula(rng):
 def test_gpu_modules_import_without_cupy():
     import importlib
 
-    for mod in ("otsolve.backends.cupy_sinkhorn", "otsolve.backends.cupy_sns", "otsolve.backends.batched"):
+    for mod in ("otsolve.backends.cupy_sinkhorn", "otsolve.backends.kernel_sets", "otsolve.problems.batched"):
         importlib.import_module(mod)
 
 

@@ -325,7 +325,7 @@ def test_import_and_otsolve_dispatch(installed):
         get_namespace(d, np.ones(3))
     C = np.random.default_rng(0).random((2, 6, 7))
     ref = BatchedSinkhorn(tol=1e-9)(BatchedLinearProblem(C, epsilon=0.2))
-    res = BatchedSinkhorn(tol=1e-9, use_kernels=False)(BatchedLinearProblem(cp.asarray(C), epsilon=0.2))
+    res = BatchedSinkhorn(tol=1e-9, compiled=False)(BatchedLinearProblem(cp.asarray(C), epsilon=0.2))
     assert type(res.f) is ndarray and res.converged
     np.testing.assert_allclose(res.plan.get(), ref.plan, atol=1e-10)
 

@@ -204,6 +204,9 @@ def test_kernels_are_memory_safe_under_addresssanitizer(tmp_path):
     env = dict(os.environ, OTSOLVE_CUDA_EMULATOR_SANITIZE="1", OTSOLVE_CUDA_EMULATOR_CACHE=str(tmp_path),
                ASAN_OPTIONS="detect_leaks=0", LD_PRELOAD=_libasan())
     env.pop("OTSOLVE_CUDA_EMULATOR", None)
+    # the emulator is test machinery in tests/: make it importable in the subprocesses
+    here = str(Path(__file__).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH")] if p])
     planted = subprocess.run([sys.executable, "-c", PLANTED], env=env, capture_output=True, text=True, timeout=300)
     assert planted.returncode != 0 and "heap-buffer-overflow" in planted.stderr
     tests = Path(__file__).with_name("test_gpu.py")

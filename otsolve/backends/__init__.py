@@ -1,5 +1,8 @@
 """Array backends: NumPy on the CPU, CuPy (with otsolve's CUDA kernels) on NVIDIA GPUs.
 
+The solvers' drivers are device-independent; the kernel sets they run on live here
+(:mod:`.kernel_sets`: host C++ / NumPy reference; :mod:`.cupy_sinkhorn`: CUDA through CuPy).
+
 Dispatch is by array type, as in POT's backends and the array API: NumPy in -> NumPy out, CuPy in
 -> CuPy out on the same device. CuPy is optional; nothing here imports it unless a CuPy array is
 seen (or :func:`cupy_available` is asked).
@@ -58,9 +61,13 @@ def cupy_available() -> bool:
         return False
 
 
-def __getattr__(name: str) -> Any:  # lazy: batched pulls in the solvers
-    if name in ("BatchedLinearProblem", "BatchedSinkhorn"):
-        from . import batched  # noqa: PLC0415
+def __getattr__(name: str) -> Any:  # lazy, kept for existing imports: these live with the problems / solvers
+    if name == "BatchedLinearProblem":
+        from ..problems import BatchedLinearProblem  # noqa: PLC0415
 
-        return getattr(batched, name)
+        return BatchedLinearProblem
+    if name == "BatchedSinkhorn":
+        from ..solvers.sinkhorn import BatchedSinkhorn  # noqa: PLC0415
+
+        return BatchedSinkhorn
     raise AttributeError(f"module 'otsolve.backends' has no attribute {name!r}")

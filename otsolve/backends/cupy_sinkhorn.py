@@ -1,6 +1,6 @@
 """Log-domain Sinkhorn on the GPU: CuPy arrays in, CuPy arrays out, fused CUDA passes.
 
-``Sinkhorn.__call__`` dispatches here when the problem's arrays are CuPy arrays. The kernels
+The Sinkhorn driver uses :class:`CudaKernels` when the problem's arrays are CuPy arrays. The kernels
 (``csrc/cuda/sinkhorn.cu``) run one fused pass per half-iteration over the cost (dense, or point
 clouds with the cost computed on the fly, so n = m = 100,000 needs O((n + m) d) memory), and the
 same passes serve B problems at once (:mod:`otsolve.backends.batched`) with per-problem
@@ -14,21 +14,17 @@ algorithms for entropy regularized transport problems", SIAM J. Sci. Comput. 41(
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..kernels.reference import Relaxation as _HostRelaxation
-from ..geometry import PointCloud
-from ..solvers._common import default_tol, initial_potentials, sinkhorn_outcome
-from ..solvers.result import OTResult
+from ..solvers._common import initial_potentials
 from .cuda_kernels import get_kernel
 
-__all__ = ["CudaGeometry", "CudaSinkhornEngine", "LoopResult", "Relaxation", "solve_sinkhorn_cupy", "sinkhorn_loop",
-           "epsilon_stages", "check_interval"]
+__all__ = ["CudaGeometry", "CudaSinkhornEngine", "CudaKernels", "LoopResult", "Relaxation", "sinkhorn_loop",
+           "check_interval", "finish_stats"]
 
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid.y / grid.z: larger batches are launched in slices
 
@@ -63,9 +59,11 @@ class CudaGeometry:
     @classmethod
     def from_geometry(cls, geom) -> "CudaGeometry":
         """Single problem (B = 1) from an otsolve Geometry / PointCloud holding CuPy arrays."""
-        if isinstance(geom, PointCloud) and geom.kernel_kind is not None:
-            return cls(X=geom.x[None], Y=geom.y[None], kind=geom.kernel_kind, scale=geom.kernel_scale)
-        return cls(C=geom.cost_matrix[None])  # dense, or a callable cost materialised once
+        kind, args = geom.kernel_operands()
+        if kind == "dense":
+            return cls(C=args[0][None])
+        X, YT, k, scale = args
+        return cls(X=X[None], Y=YT.T[None], kind=k, scale=scale)
 
     def cost_block(self, p: int):
         """Dense cost of problem ``p`` (materialised for point clouds: O(nm) memory)."""
@@ -240,19 +238,24 @@ class Relaxation(_HostRelaxation):
 
 
 def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, max_iter: int, tol: float,
-                  active_ids: np.ndarray, check_every: int | None = None, omega: float | None = 1.0) -> LoopResult:
+                  active_ids: np.ndarray, check_every: int | None = None, omega: float | None = 1.0,
+                  budgets: np.ndarray | None = None) -> LoopResult:
     """Sinkhorn iterations on the problems ``active_ids`` until each one's error <= tol.
 
     ``errors[p][k]`` is the L1 marginal error (rows + columns) of problem p's iterate after k
     updates. A problem stops costing work at the first check (every ``check_every`` iterations;
     by default after 1, 2, 4, ... iterations up to :func:`check_interval`) after its error falls to ``tol`` (its id leaves the launch list) or turns non-finite
-    (diverged). ``omega``: over-relaxation (1 plain, None adaptive per problem).
+    (diverged). ``omega``: over-relaxation (1 plain, None adaptive per problem). ``budgets``
+    (aligned with ``active_ids``): each problem's own iteration budget (default ``max_iter``).
     """
     cp = engine.cp
     geo = engine.geo
     B = geo.B
     res = LoopResult(np.zeros(B, dtype=np.int64), np.ones(B, dtype=np.int64), [[] for _ in range(B)])
     active = np.asarray(active_ids, dtype=np.int32)
+    left = np.zeros(B, dtype=np.int64)
+    left[active] = max_iter if budgets is None else np.asarray(budgets, dtype=np.int64)
+    active = active[left[active] > 0]
     relax = {int(p): Relaxation(omega) for p in active}
     om_host = np.ones(B)
     for p, r in relax.items():
@@ -269,10 +272,10 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
         carry[cp.asarray(np.setdiff1d(np.arange(B), active))] = 0
     it = 0
     ramp = 1  # first checks after 1, 2, 4, ... iterations: a warm start stops after one
-    while active.size and it < max_iter:
+    while active.size:
         k = check_every or min(ramp, check_interval(geo, int(active.size)))
         ramp *= 2
-        k = min(k, max_iter - it)
+        k = int(min(k, left[active].min()))
         buf = cp.zeros((k + 1, B), dtype=cp.float64)
         buf[0] = carry
         act_d = cp.asarray(active)
@@ -289,6 +292,7 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
             e = errs[:, c]
             res.errors[p].extend(e.tolist())
             res.n_iter[p] += k
+            left[p] -= k
             r = relax[int(p)]
             for v in e:
                 r.observe(float(v))
@@ -298,7 +302,7 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
                 res.status[p] = 2
             elif np.any(e <= tol):
                 res.status[p] = 0
-            else:
+            elif left[p] > 0:
                 keep.append(p)
         if changed:
             engine.omega[...] = cp.asarray(om_host, dtype=engine.omega.dtype)
@@ -307,122 +311,91 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
     return res
 
 
-def epsilon_stages(solver, eps: float, start_fn) -> list[float]:
-    """The solver's ε schedule (``epsilon_scaling``/``epsilon_init``), as on the CPU."""
-    from ..solvers.sinkhorn import epsilon_schedule  # noqa: PLC0415
-
-    if not getattr(solver, "epsilon_scaling", False):
-        return [eps]
-    es = solver.epsilon_scaling
-    decay = 0.5 if es is True else float(es)
-    start = solver.epsilon_init or start_fn()
-    return epsilon_schedule(eps, max(start, eps), decay)
-
-
 def _as_device_potentials(init, n: int, m: int, dtype):
     import cupy as cp  # noqa: PLC0415
 
     return initial_potentials(init, n, m, xp=cp, dtype=dtype)
 
 
-def finish_stats(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active):
-    """Per-problem (marginal L1 error, <C,P>, regularised value) as float64 NumPy arrays."""
+
+def measure_plans(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active):
+    """Per-problem (marginal L1 error, <C,P>, Σ P log P) as float64 CuPy arrays (B,)."""
     cp = engine.cp
     row, col, cost = engine.plan_stats(f, g, eps, active)
     a64, b64 = a.astype(cp.float64), b.astype(cp.float64)
     merr = cp.abs(row - a64).sum(axis=1) + cp.abs(col - b64).sum(axis=1)
-    # sum P log P = (sum f r + sum g c - <C,P>)/eps - sum P, skipping zero-mass -inf potentials
+    # Σ P log P = (Σ f r + Σ g c - <C,P>)/ε - Σ P, skipping zero-mass -inf potentials
     f64, g64 = f.astype(cp.float64), g.astype(cp.float64)
     fr = cp.where(row > 0, f64 * row, 0.0).sum(axis=1)
     gc = cp.where(col > 0, g64 * col, 0.0).sum(axis=1)
     plogp = (fr + gc - cost) / eps - row.sum(axis=1)
-    value = cost + eps * plogp
-    return merr.get(), cost.get(), value.get()
+    return merr, cost, plogp
+
+
+def finish_stats(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active):
+    """Per-problem (marginal L1 error, <C,P>, regularised value) as float64 NumPy arrays."""
+    merr, cost, plogp = measure_plans(engine, f, g, a, b, eps, active)
+    return merr.get(), cost.get(), (cost + eps * plogp).get()
 
 
 # ------------------------------------------------------------------------------------------
-def solve_sinkhorn_cupy(solver, problem, init: Any = None) -> OTResult:
-    """Run :class:`~otsolve.Sinkhorn` (its tol, max_iter, epsilon_scaling, epsilon_init,
-    stage_tol, omega, warn options; n_threads/compiled are CPU-only) on a problem whose arrays are CuPy arrays; f, g and the plan are
-    CuPy arrays of the problem's dtype on the problem's device."""
-    import cupy as cp  # noqa: PLC0415
+class CudaKernels:
+    """GPU kernel set of the Sinkhorn driver (see :mod:`otsolve.backends.kernel_sets`): the fused
+    CUDA passes over the whole batch, launched only for the problems still running. Potentials
+    are (B, n), (B, m) CuPy arrays of the problem's dtype."""
 
-    eps = problem.require_epsilon()
-    geom = problem.geom
-    n, m = geom.shape
-    dtype = problem.dtype
-    tol = default_tol(dtype) if solver.tol is None else float(solver.tol)
-    with cp.cuda.Device(problem.a.device.id):
-        geo = CudaGeometry.from_geometry(geom)
-        engine = CudaSinkhornEngine(geo)
-        f, g = _as_device_potentials(init, n, m, dtype)
-        f, g = f[None].copy(), g[None].copy()
-        a = problem.a.astype(dtype)[None]
-        b = problem.b.astype(dtype)[None]
-        log_a, log_b = cp.log(a), cp.log(b)  # log 0 = -inf: zero weights get -inf potentials
-        schedule = epsilon_stages(solver, eps, geo.cost_range)
-        ids = np.zeros(1, dtype=np.int32)
-        act = cp.asarray(ids)
-        omega = getattr(solver, "omega", 1.0)  # None = adaptive over-relaxation, as on the CPU
+    def __init__(self, batch) -> None:
+        import cupy as cp  # noqa: PLC0415
 
-        t0 = time.perf_counter()
-        errors: list[float] = []
-        n_iter, status = 0, 1
-        budget = int(solver.max_iter)
-        for k, e in enumerate(schedule):
-            last = k == len(schedule) - 1
-            stol = tol if last else max(solver.stage_tol, tol)
-            lr = sinkhorn_loop(engine, log_a, log_b, f, g, e, budget, stol, ids, omega=omega)
-            n_iter += int(lr.n_iter[0])
-            budget -= int(lr.n_iter[0])
-            errors.extend(lr.errors[0])
-            status = int(lr.status[0])
-            if status == 2 or (budget <= 0 and not last):
-                status = 2 if status == 2 else 1
-                break
-        merr, cost, value = finish_stats(engine, f, g, a, b, eps, act)
-        # the measured error can sit just under tol while the exact one (columns' rounding
-        # included) is just above: a few more iterations settle it
-        retries = 0
-        while status == 0 and not merr[0] <= tol and budget > 0 and retries < 3:
-            lr = sinkhorn_loop(engine, log_a, log_b, f, g, eps, min(budget, 10), 0.5 * tol, ids, 1)
-            n_iter += int(lr.n_iter[0])
-            budget -= int(lr.n_iter[0])
-            errors.extend(lr.errors[0])
-            status = 0 if lr.status[0] != 2 else 2
-            merr, cost, value = finish_stats(engine, f, g, a, b, eps, act)
-            retries += 1
-        cp.cuda.get_current_stream().synchronize()
-        elapsed = time.perf_counter() - t0
+        self.cp = cp
+        self.batch = batch
+        self.device = cp.cuda.Device(batch.a.device.id)
+        with self.device:
+            if batch.stacked is not None:
+                if batch.stacked[0] == "dense":
+                    geo = CudaGeometry(C=batch.stacked[1])
+                else:
+                    _, X, Y, kind, scale = batch.stacked
+                    geo = CudaGeometry(X=X, Y=Y, kind=kind, scale=scale)
+            else:
+                kind, args = batch.geometry(0).kernel_operands()
+                if kind == "dense":
+                    geo = CudaGeometry(C=args[0][None])
+                else:
+                    X, YT, k, scale = args
+                    geo = CudaGeometry(X=X[None], Y=YT.T[None], kind=k, scale=scale)
+            self.geo = geo
+            self.engine = CudaSinkhornEngine(geo)
+            dtype = batch.dtype
+            self.a = cp.ascontiguousarray(batch.a.astype(dtype))
+            self.b = cp.ascontiguousarray(batch.b.astype(dtype))
+            self.log_a, self.log_b = cp.log(self.a), cp.log(self.b)  # log 0 = -inf: zero weights
 
-    merr0 = float(merr[0])
-    converged, status_name, message = sinkhorn_outcome(merr0, tol, status, solver.max_iter)
-    if not converged and solver.warn:
-        warnings.warn(f"Sinkhorn: {message}", RuntimeWarning, stacklevel=3)
+    def new_potentials(self, init: Any):
+        from ..solvers._common import initial_potentials  # noqa: PLC0415
 
-    f_out, g_out = f[0], g[0]
+        B, n, m = self.batch.B, self.batch.n, self.batch.m
+        with self.device:
+            return initial_potentials(init, n, m, xp=self.cp, dtype=self.batch.dtype, batch=B)
 
-    def plan():
-        with cp.cuda.Device(f_out.device.id):
-            C = geo.cost_block(0)
-            L = (f_out[:, None] + g_out[None, :] - C) / dtype.type(eps) - 1
+    def iterate(self, ids, f, g, eps: float, budgets, tol: float, omega: float | None, log_sweeps: bool = False):
+        ids = np.asarray(ids, dtype=np.int32)
+        with self.device:
+            lr = sinkhorn_loop(self.engine, self.log_a, self.log_b, f, g, eps, int(max(budgets, default=0)), tol,
+                               ids, omega=omega, budgets=budgets)
+        return lr.n_iter[ids], lr.status[ids], [lr.errors[p] for p in ids]
+
+    def measure(self, f, g, eps: float, ids):
+        """(marginal L1 error, <C, P>, Σ P log P) of problems ``ids``, float64 NumPy arrays."""
+        cp = self.cp
+        ids = np.asarray(ids, dtype=np.int32)
+        with self.device:
+            merr, cost, plogp = measure_plans(self.engine, f, g, self.a, self.b, eps, cp.asarray(ids))
+            return merr.get()[ids], cost.get()[ids], plogp.get()[ids]
+
+    def plan(self, p: int, f, g, eps: float, dtype):
+        cp = self.cp
+        with self.device:
+            C = self.geo.cost_block(p)
+            L = (f[p][:, None] + g[p][None, :] - C) / dtype.type(eps) - 1
             return cp.exp(L).astype(dtype, copy=False)
-
-    return OTResult(
-        method=solver.method,
-        f=f_out,
-        g=g_out,
-        cost=float(cost[0]),
-        value=float(value[0]),
-        converged=converged,
-        n_iter=n_iter,
-        marginal_error=merr0,
-        errors=errors,
-        message=message,
-        status=status_name,
-        epsilon=eps,
-        plan_fn=plan,
-        epsilon_schedule=schedule,
-        time=elapsed,
-        backend="cupy",
-    )

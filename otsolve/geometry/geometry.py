@@ -1,11 +1,12 @@
 """Dense cost matrices."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from .._validation import _xp, as_float_array, check_finite
+from .base import BaseGeometry
 
 __all__ = ["Geometry", "resolve_scale"]
 
@@ -29,7 +30,7 @@ def resolve_scale(scale_cost: Any, stats) -> float:
     return s
 
 
-class Geometry:
+class Geometry(BaseGeometry):
     """A dense ``n x m`` cost matrix.
 
     Parameters
@@ -42,8 +43,8 @@ class Geometry:
 
     Notes
     -----
-    Solvers never look at the matrix themselves: they go through the geometry's kernels
-    (:mod:`otsolve.kernels`), as in OTT-JAX's geometry / problem / solver split.
+    Solvers never look at the matrix themselves: they call the geometry's methods
+    (:class:`~otsolve.geometry.base.BaseGeometry`), as in OTT-JAX's geometry / problem / solver split.
     """
 
     is_online = False
@@ -80,17 +81,33 @@ class Geometry:
         """Rows ``start:stop`` of the cost matrix."""
         return self._cost[start:stop]
 
-    def iter_row_blocks(self, chunk_size: int | None = None) -> Iterator[tuple[int, Any]]:
-        n = self.shape[0]
-        step = n if chunk_size is None else max(1, int(chunk_size))
-        for s in range(0, n, step):
-            yield s, self.cost_rows(s, min(n, s + step))
-
     def max_cost(self) -> float:
         return float(self.xp.max(self._cost))
 
     def mean_cost(self) -> float:
         return float(self.xp.mean(self._cost))
+
+    def kernel_operands(self) -> tuple[str, tuple]:
+        return "dense", (self._cost,)
+
+    def cost_range(self) -> float:
+        xp = self.xp
+        return max(float(xp.max(self._cost) - xp.min(self._cost)), np.finfo(float).tiny)
+
+    def to_namespace(self, xp: Any) -> "Geometry":
+        if xp is self.xp:
+            return self
+        new = object.__new__(Geometry)
+        new._cost = xp.asarray(self._cost.get() if hasattr(self._cost, "get") else self._cost)
+        new.scale = self.scale
+        return new
+
+    @classmethod
+    def _trusted(cls, cost: Any) -> "Geometry":
+        """A geometry on an already validated, C-contiguous float cost (no checks, no copy)."""
+        new = object.__new__(cls)
+        new._cost, new.scale = cost, 1.0
+        return new
 
     def __repr__(self) -> str:
         n, m = self.shape

@@ -1,49 +1,19 @@
 """Point clouds whose cost entries are computed on the fly (no n x m matrix stored)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-from .._validation import _xp, as_float_array, check_finite
+from .._validation import _xp, as_float_array, check_cost_block, check_cost_overflow, check_finite
+from .base import BaseGeometry
+from .costs import COSTS
 from .geometry import resolve_scale
 
 __all__ = ["PointCloud", "COSTS"]
 
 
-def _sqeuclidean(x, y):
-    xp = _xp(x)
-    if x.shape[1] <= 4:  # exact differences (no cancellation) when cheap
-        d = (x[:, None, 0] - y[None, :, 0]) ** 2
-        for k in range(1, x.shape[1]):
-            d += (x[:, None, k] - y[None, :, k]) ** 2
-        return d
-    d = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
-    return xp.maximum(d, 0)
-
-
-def _euclidean(x, y):
-    return _xp(x).sqrt(_sqeuclidean(x, y))
-
-
-def _half_sqeuclidean(x, y):
-    return 0.5 * _sqeuclidean(x, y)
-
-
-def _cityblock(x, y):
-    return _xp(x).abs(x[:, None, :] - y[None, :, :]).sum(-1)
-
-
-# name -> (block function, compiled kernel kind or None, multiplier applied inside the kernel)
-COSTS: dict[str, tuple[Callable, int | None, float]] = {
-    "sqeuclidean": (_sqeuclidean, 0, 1.0),
-    "half_sqeuclidean": (_half_sqeuclidean, 0, 0.5),
-    "euclidean": (_euclidean, 1, 1.0),
-    "cityblock": (_cityblock, None, 1.0),
-}
-
-
-class PointCloud:
+class PointCloud(BaseGeometry):
     """Cost between two point clouds, computed on the fly in row blocks.
 
     Parameters
@@ -53,7 +23,9 @@ class PointCloud:
         Defaults to ``x``.
     cost : {"sqeuclidean", "half_sqeuclidean", "euclidean", "cityblock"} or callable
         ``"sqeuclidean"`` is ``||x - y||^2``; a callable ``cost(x_block, y) -> (k, m) array``
-        is evaluated block by block.
+        is evaluated block by block (a block of another shape, or with NaN / inf, raises a
+        ValueError). Points whose named cost would overflow the dtype (squared distances of
+        coordinates ~1e154 in float64) are refused with a ValueError.
     scale_cost : float or {"max", "mean"}, default 1.0
         Multiplier of the cost, or normalise by the max / mean cost (one pass over all pairs).
     chunk_size : int, optional
@@ -96,15 +68,19 @@ class PointCloud:
             self._fn, self.kernel_kind, mult = cost, None, 1.0
             self.cost_name = getattr(cost, "__name__", "callable")
         elif cost in COSTS:
-            self._fn, self.kernel_kind, mult = COSTS[cost]
+            spec = COSTS[cost]
+            self._fn, self.kernel_kind, mult = spec.fn, spec.kernel_kind, spec.multiplier
             self.cost_name = cost
         else:
             raise ValueError(f"unknown cost {cost!r}; known: {sorted(COSTS)} or a callable")
+        check_cost_overflow(x, y, cost, mult)
         self.x, self.y = x, y
         self.chunk_size = chunk_size
         self._mult = mult
+        self._user_cost = callable(cost)
         self.scale = 1.0
         self.scale = resolve_scale(scale_cost, self._stats)
+        check_cost_overflow(x, y, cost, mult * self.scale)
 
     # -- block access ---------------------------------------------------------------------
     @property
@@ -131,34 +107,62 @@ class PointCloud:
 
     def cost_rows(self, start: int, stop: int):
         blk = self._fn(self.x[start:stop], self.y)
+        if getattr(self, "_user_cost", False):
+            blk = check_cost_block(blk, min(stop, self.shape[0]) - start, self.shape[1], self.cost_name)
         blk = blk.astype(self.dtype, copy=False)
         if self.scale != 1.0:
             blk = blk * self.dtype.type(self.scale)
         return blk
-
-    def iter_row_blocks(self, chunk_size: int | None = None) -> Iterator[tuple[int, Any]]:
-        n = self.shape[0]
-        step = int(chunk_size) if chunk_size else self._default_chunk()
-        for s in range(0, n, step):
-            yield s, self.cost_rows(s, min(n, s + step))
 
     @property
     def cost_matrix(self):
         """Materialise the full cost matrix (O(nm) memory: use for small problems only)."""
         return self.cost_rows(0, self.shape[0])
 
-    def _stats(self) -> tuple[float, float]:
-        mx, tot = -np.inf, 0.0
-        for _, blk in self.iter_row_blocks():
-            mx = max(mx, float(blk.max()))
-            tot += float(blk.sum())
-        return mx, tot / (self.shape[0] * self.shape[1])
+    # -- what the solvers ask for ------------------------------------------------------------
+    def kernel_operands(self) -> tuple[str, tuple]:
+        """Named (sq)Euclidean costs are computed inside the compiled loops (O((n + m) d)
+        memory); other costs are materialised once."""
+        if self.kernel_kind is None:
+            return "dense", (self.xp.ascontiguousarray(self.cost_matrix),)
+        xp = self.xp
+        return "pointcloud", (xp.ascontiguousarray(self.x), xp.ascontiguousarray(self.y.T),
+                              int(self.kernel_kind), float(self.kernel_scale))
 
-    def max_cost(self) -> float:
-        return self._stats()[0]
+    def cost_range(self) -> float:
+        """For (sq)Euclidean costs a bound from the bounding box's diameter (no pass over the
+        pairs); otherwise the exact range by blocks."""
+        tiny = np.finfo(float).tiny
+        if self.kernel_kind is None:
+            mx, mn = -np.inf, np.inf
+            for _, blk in self.iter_row_blocks():
+                mx, mn = max(mx, float(blk.max())), min(mn, float(blk.min()))
+            return max(mx - mn, tiny)
+        xp = self.xp
+        lo = xp.minimum(self.x.min(axis=0), self.y.min(axis=0)).astype(xp.float64)
+        hi = xp.maximum(self.x.max(axis=0), self.y.max(axis=0)).astype(xp.float64)
+        diam = float(xp.sqrt(((hi - lo) ** 2).sum()))
+        base = diam**2 if self.kernel_kind == 0 else diam
+        return max(base * self.kernel_scale, tiny)
 
-    def mean_cost(self) -> float:
-        return self._stats()[1]
+    def to_namespace(self, xp: Any) -> "PointCloud":
+        if xp is self.xp:
+            return self
+        new = object.__new__(PointCloud)
+        new.__dict__.update(self.__dict__)
+        host = (lambda v: v.get() if hasattr(v, "get") else v)
+        new.x = xp.asarray(host(self.x))
+        new.y = new.x if self.y is self.x else xp.asarray(host(self.y))
+        return new
+
+    @classmethod
+    def _trusted(cls, x: Any, y: Any, cost: str, scale: float) -> "PointCloud":
+        """A point cloud on validated arrays with a named cost (no checks, no copy)."""
+        spec = COSTS[cost]
+        new = object.__new__(cls)
+        new._fn, new.kernel_kind, new._mult = spec.fn, spec.kernel_kind, spec.multiplier
+        new.cost_name, new.x, new.y, new.chunk_size, new.scale = cost, x, y, None, float(scale)
+        return new
 
     def __repr__(self) -> str:
         n, m = self.shape

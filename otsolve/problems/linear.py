@@ -5,15 +5,15 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import _xp, check_epsilon, check_same_mass, check_weights
-from ..geometry import Geometry, PointCloud
+from .._validation import check_epsilon, check_same_mass, check_weights
+from ..geometry import BaseGeometry, Geometry, PointCloud
 
 __all__ = ["LinearProblem", "as_geometry"]
 
 
 def as_geometry(geom: Any) -> Geometry | PointCloud:
     """A Geometry / PointCloud as is; an array becomes a dense :class:`Geometry`."""
-    if isinstance(geom, (Geometry, PointCloud)):
+    if isinstance(geom, BaseGeometry):
         return geom
     return Geometry(geom)
 
@@ -44,7 +44,7 @@ class LinearProblem:
         dtype = self.geom.dtype
         self.a = check_weights(a, n, "a", dtype=dtype)
         self.b = check_weights(b, m, "b", dtype=dtype)
-        xp = _xp(self.geom.x if isinstance(self.geom, PointCloud) else self.geom.cost_matrix)
+        xp = self.geom.xp
         if xp is not np:
             self.a, self.b = xp.asarray(self.a), xp.asarray(self.b)
         self.b = check_same_mass(self.a, self.b)
@@ -57,6 +57,20 @@ class LinearProblem:
     @property
     def dtype(self):
         return self.geom.dtype
+
+    @property
+    def xp(self):
+        """Array library (numpy or cupy) of the problem's arrays."""
+        return self.geom.xp
+
+    def to_namespace(self, xp: Any) -> "LinearProblem":
+        """The same problem with its arrays in array library ``xp`` (numpy or cupy)."""
+        new = object.__new__(LinearProblem)
+        new.__dict__.update(self.__dict__)
+        new.geom = self.geom.to_namespace(xp)
+        host = (lambda v: v.get() if hasattr(v, "get") else v)
+        new.a, new.b = xp.asarray(host(self.a)), xp.asarray(host(self.b))
+        return new
 
     @property
     def is_uniform(self) -> bool:

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import Geometry, PointCloud
 from ..kernels import get_sinkhorn_kernels
 from ..problems import LinearProblem
 
@@ -16,7 +15,6 @@ __all__ = [
     "default_tol",
     "initial_potentials",
     "safe_log",
-    "compiled_cost_args",
     "plan_statistics",
     "dense_plan",
     "warn_not_converged",
@@ -38,33 +36,49 @@ def safe_log(w: np.ndarray) -> np.ndarray:
         return np.log(np.asarray(w, dtype=np.float64))
 
 
-def initial_potentials(init: Any, n: int, m: int, xp: Any = np, dtype: Any = np.float64):
-    """Working copies (``xp`` arrays of ``dtype``) of a warm start ``(f, g)`` / OTResult, or zeros."""
+def initial_potentials(init: Any, n: int, m: int, xp: Any = np, dtype: Any = np.float64, batch: int | None = None):
+    """Working copies (``xp`` arrays of ``dtype``) of a warm start ``(f, g)`` / OTResult, or zeros.
+
+    With ``batch=B`` the potentials are (B, n), (B, m); a warm start of shapes (n,), (m,) is
+    then accepted for B = 1.
+    """
+    if batch is not None:
+        if init is None:
+            return xp.zeros((batch, n), dtype=dtype), xp.zeros((batch, m), dtype=dtype)
+        f, g = _init_pair(init)
+        f, g = xp.array(xp.asarray(f), dtype=dtype), xp.array(xp.asarray(g), dtype=dtype)
+        if batch == 1 and f.ndim == 1 and g.ndim == 1:
+            f, g = f[None], g[None]
+        if f.shape != (batch, n) or g.shape != (batch, m):
+            raise ValueError(f"init potentials have shapes {tuple(f.shape)}, {tuple(g.shape)}; expected "
+                             f"({batch}, {n}), ({batch}, {m})")
+        _check_init_values(xp, f, g)
+        return xp.ascontiguousarray(f), xp.ascontiguousarray(g)
     if init is None:
         return xp.zeros(n, dtype=dtype), xp.zeros(m, dtype=dtype)
-    if hasattr(init, "f") and hasattr(init, "g"):
-        f, g = init.f, init.g
-    else:
-        try:
-            f, g = init
-        except (TypeError, ValueError):
-            raise ValueError("init must be (f, g) or an OTResult") from None
+    f, g = _init_pair(init)
     f = xp.array(xp.asarray(f), dtype=dtype).reshape(-1)
     g = xp.array(xp.asarray(g), dtype=dtype).reshape(-1)
     if f.shape != (n,) or g.shape != (m,):
         raise ValueError(f"init potentials have shapes {f.shape}, {g.shape}; expected ({n},), ({m},)")
-    if bool(xp.isnan(f).any() | xp.isnan(g).any() | xp.isposinf(f).any() | xp.isposinf(g).any()):
-        raise ValueError("init potentials contain NaN or +inf")
+    _check_init_values(xp, f, g)
     return f, g
 
 
-def compiled_cost_args(geom: Geometry | PointCloud) -> tuple[str, tuple]:
-    """("dense", (C,)) or ("pointcloud", (X, YT, kind, scale)) for the kernels."""
-    if isinstance(geom, PointCloud) and geom.kernel_kind is not None:
-        X = np.ascontiguousarray(geom.x)
-        YT = np.ascontiguousarray(geom.y.T)
-        return "pointcloud", (X, YT, int(geom.kernel_kind), float(geom.kernel_scale))
-    return "dense", (np.ascontiguousarray(geom.cost_matrix),)
+def _init_pair(init: Any):
+    if hasattr(init, "f") and hasattr(init, "g"):
+        return init.f, init.g
+    try:
+        f, g = init
+    except (TypeError, ValueError):
+        raise ValueError("init must be (f, g) or an OTResult") from None
+    return f, g
+
+
+def _check_init_values(xp, f, g) -> None:
+    # -inf is meaningful (zero-weight points); NaN and +inf are not
+    if bool(xp.isnan(f).any() | xp.isnan(g).any() | xp.isposinf(f).any() | xp.isposinf(g).any()):
+        raise ValueError("init potentials contain NaN or +inf")
 
 
 def plan_statistics(geom, f, g, eps: float, compiled: bool = True, n_threads: int = 0):
@@ -72,31 +86,29 @@ def plan_statistics(geom, f, g, eps: float, compiled: bool = True, n_threads: in
     K = get_sinkhorn_kernels(compiled)
     n, m = geom.shape
     row, col = np.empty(n), np.empty(m)
-    kind, args = compiled_cost_args(geom)
+    kind, args = geom.kernel_operands()
     fn = K.plan_stats_dense if kind == "dense" else K.plan_stats_pointcloud
     cost, plogp = fn(*args, f, g, eps, row, col, n_threads)
     return row, col, cost, plogp
 
 
-def dense_plan(geom, f, g, eps: float, dtype) -> np.ndarray:
-    """Dense plan exp((f_i + g_j - C_ij)/eps - 1), built block by block."""
-    n, m = geom.shape
-    P = np.empty((n, m), dtype=dtype)
-    for s, blk in geom.iter_row_blocks():
-        L = (f[s : s + blk.shape[0], None] + g[None, :] - np.asarray(blk, dtype=np.float64)) / eps - 1.0
-        with np.errstate(over="ignore"):
-            P[s : s + blk.shape[0]] = np.exp(L)
-    return P
+def dense_plan(geom, f, g, eps: float, dtype):
+    """Dense plan exp((f_i + g_j - C_ij)/eps - 1) (the geometry builds it block by block)."""
+    return geom.plan_from_potentials(f, g, eps, dtype)
 
 
-def sinkhorn_outcome(merr: float, tol: float, status: int, max_iter: int) -> tuple[bool, str, str]:
-    """(converged, status name, message) of a Sinkhorn solve from its exact final marginal error
-    and the iterations' status (0 converged, 1 budget, 2 diverged); CPU and GPU alike."""
+def sinkhorn_outcome(merr: float, tol: float, status: int, max_iter: int,
+                     n_iter: int | None = None) -> tuple[bool, str, str]:
+    """(converged, status name, message) of a solve from the exact marginal error of what it
+    returns and the iterations' status (0 converged, 1 budget, 2 diverged)."""
     converged = bool(np.isfinite(merr) and merr <= tol and status != 2)
     if converged:
         return True, "converged", f"marginal L1 error {merr:.3g} <= tol {tol:.3g}"
     if status == 2 or not np.isfinite(merr):
         return False, "diverged", "potentials became non-finite"
+    if n_iter is not None and n_iter < max_iter:
+        return False, "stalled", (f"stopped after {n_iter} iterations (max_iter={max_iter}) with marginal L1 error "
+                                  f"{merr:.3g} > tol {tol:.3g}: the error no longer decreases (rounding floor)")
     return False, "max_iter", f"reached max_iter={max_iter} with marginal L1 error {merr:.3g} > tol {tol:.3g}"
 
 

@@ -91,8 +91,31 @@ class OTResult:
             self._plan = self._plan_fn()
         return self._plan
 
+    def to_namespace(self, xp: Any) -> "OTResult":
+        """The same result with its arrays (potentials, plan, batch fields) in array library ``xp``."""
+        import copy  # noqa: PLC0415
+
+        def move(v: Any) -> Any:
+            if not hasattr(v, "shape") or isinstance(v, (float, int)):
+                return v
+            if type(v).__module__.split(".", 1)[0] not in ("numpy", "cupy"):
+                return v
+            return xp.asarray(v.get() if hasattr(v, "get") else v)
+
+        new = copy.copy(self)
+        new.f, new.g = move(self.f), move(self.g)
+        fn = self._plan_fn
+        new._plan = None if self._plan is None else move(self._plan)
+        new._plan_fn = None if fn is None else (lambda: move(fn()))
+        new._extra = dict(self._extra)
+        # per-problem diagnostics (converged_each, n_iter_each, ...) stay NumPy arrays, as on every backend
+        new._extra["backend"] = "cupy" if xp.__name__ == "cupy" else "numpy"
+        return new
+
     def __getattr__(self, name: str) -> Any:
-        extra = self.__dict__.get("_extra", {})
+        if name.startswith("__") or "_extra" not in self.__dict__:  # copy / pickle probing a bare instance
+            raise AttributeError(name)
+        extra = self.__dict__["_extra"]
         if name in extra:
             return extra[name]
         raise AttributeError(f"OTResult has no field {name!r}; fields: {sorted(self.keys())}")

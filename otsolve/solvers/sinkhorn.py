@@ -1,47 +1,35 @@
-"""Log-domain Sinkhorn with ε-scaling and warm starts (fused compiled kernels)."""
+"""Log-domain Sinkhorn with ε-scaling, warm starts and over-relaxation: one driver for every
+device and for batches.
+
+:func:`run_sinkhorn` is the algorithm (ε-schedule, stopping, the kernel-underflow fallback, the
+settling pass, the outcome); what differs by device is a kernel set
+(:mod:`otsolve.backends.kernel_sets`): the C++ kernels or their NumPy reference on the CPU, the
+CUDA passes through CuPy on the GPU. A :class:`~otsolve.BatchedLinearProblem` is the B > 1 case
+of the same driver, each problem stopping at its own tolerance.
+"""
 from __future__ import annotations
 
 import numbers
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .._validation import check_epsilon
-from ..geometry import Geometry, PointCloud
-from ..kernels import get_sinkhorn_kernels
-from ..problems import LinearProblem
-from ._common import (
-    is_cupy_problem,
-    compiled_cost_args,
-    default_tol,
-    dense_plan,
-    initial_potentials,
-    marginal_l1,
-    plan_statistics,
-    safe_log,
-    sinkhorn_outcome,
-    warn_not_converged,
-)
+from ..backends.kernel_sets import ProblemBatch, make_sinkhorn_kernels
+from ..problems import BatchedLinearProblem, LinearProblem
+from ._common import default_tol, sinkhorn_outcome, warn_not_converged
 from .result import OTResult
 
-__all__ = ["Sinkhorn", "cost_range", "epsilon_schedule"]
+__all__ = ["Sinkhorn", "BatchedSinkhorn", "run_sinkhorn", "SinkhornRun", "cost_range", "epsilon_schedule",
+           "reachable_tol"]
 
-_STATUS = {0: "converged", 1: "max_iter", 2: "diverged"}
 
-
-def cost_range(geom: Geometry | PointCloud) -> float:
+def cost_range(geom) -> float:
     """A cheap upper bound of max C - min C (the natural starting ε for ε-scaling)."""
-    if isinstance(geom, PointCloud) and geom.kernel_kind is not None:
-        pts = np.concatenate([np.asarray(geom.x, dtype=float), np.asarray(geom.y, dtype=float)])
-        diam = float(np.linalg.norm(pts.max(0) - pts.min(0)))
-        base = diam**2 if geom.kernel_kind == 0 else diam
-        return max(base * geom.kernel_scale, np.finfo(float).tiny)
-    if isinstance(geom, PointCloud):
-        return max(geom.max_cost(), np.finfo(float).tiny)
-    C = geom.cost_matrix
-    return max(float(C.max() - C.min()), np.finfo(float).tiny)
+    return geom.cost_range()
 
 
 def epsilon_schedule(target: float, start: float, decay: float) -> list[float]:
@@ -54,27 +42,147 @@ def epsilon_schedule(target: float, start: float, decay: float) -> list[float]:
     return eps
 
 
+def reachable_tol(dtype, mass: float = 1.0) -> float:
+    """Smallest L1 marginal tolerance the arithmetic of ``dtype`` reliably reaches.
+
+    Marginals are sums of plan entries computed in the cost's precision; below ~8 ulps of the
+    total mass the measured error is rounding, not distance to the solution (float32: ~1e-6).
+    """
+    return 8.0 * float(np.finfo(dtype).eps) * mass
+
+
+@dataclass
+class SinkhornRun:
+    """Per-problem outcome of :func:`run_sinkhorn` (arrays of length B)."""
+
+    f: Any
+    g: Any
+    n_iter: np.ndarray
+    status: np.ndarray          # kernel status: 0 converged, 1 budget, 2 diverged
+    errors: list                # per problem, the measured L1 error history
+    marginal_error: np.ndarray  # exact, of the returned potentials
+    cost: np.ndarray
+    plogp: np.ndarray
+    converged: np.ndarray
+    status_names: np.ndarray
+    messages: list
+    schedule: list
+    tol: float
+    fallbacks: int
+    time: float
+
+
+def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, init: Any = None) -> SinkhornRun:
+    """The Sinkhorn algorithm, written once: ε-schedule, per-problem stopping on the exact L1
+    marginal error, the fallback to log-domain sweeps when a stored kernel underflows, a short
+    settling pass for problems whose exact error lands just above tol, and the outcome."""
+    B, n, m = batch.B, batch.n, batch.m
+    mass = float(np.max(np.asarray(kernels_mass(batch))))
+    tol = default_tol(batch.dtype) if solver.tol is None else float(solver.tol)
+    floor = reachable_tol(batch.dtype, mass)
+    if tol < floor:
+        warnings.warn(f"Sinkhorn: tol={tol:.3g} is below what {np.dtype(batch.dtype).name} arithmetic can reach "
+                      f"(~{floor:.2g} for total mass {mass:.3g}); using tol={floor:.2g}. Solve in float64 for a "
+                      f"tighter tolerance.", RuntimeWarning, stacklevel=3)
+        tol = floor
+    max_iter = int(solver.max_iter)
+    f, g = kernels.new_potentials(init)
+    if solver.epsilon_scaling:
+        decay = 0.5 if solver.epsilon_scaling is True else float(solver.epsilon_scaling)
+        start = solver.epsilon_init or batch.cost_range()
+        schedule = epsilon_schedule(eps, max(start, eps), decay)
+    else:
+        schedule = [eps]
+    # The kernels' error is exact up to rounding (in the cost's precision); keep a margin so that
+    # the error recomputed from scratch (measure) also honours tol.
+    tol_kernel = max(tol - 16 * (n + m) * np.finfo(batch.dtype).eps * mass, 0.5 * tol)
+
+    n_iter = np.zeros(B, dtype=np.int64)
+    status = np.ones(B, dtype=np.int64)
+    errors: list[list[float]] = [[] for _ in range(B)]
+    fallbacks = 0
+
+    def run(ids, e, stol, omega, log_sweeps=False, cap=None):
+        budgets = max_iter - n_iter[ids]
+        if cap is not None:
+            budgets = np.minimum(budgets, cap)
+        its, sts, errs = kernels.iterate(ids, f, g, e, budgets, stol, omega, log_sweeps)
+        n_iter[ids] += its
+        status[ids] = sts
+        for p, er in zip(ids, errs):
+            errors[p].extend(er)
+        return sts
+
+    t0 = time.perf_counter()
+    alive = np.arange(B)
+    for k, e in enumerate(schedule):
+        last = k == len(schedule) - 1
+        stol = tol_kernel if last else max(solver.stage_tol, tol)
+        ids = alive[n_iter[alive] < max_iter]
+        while ids.size:
+            sts = run(ids, e, stol, solver.omega)
+            under = ids[sts == 3]
+            if not under.size:
+                break
+            # the stored kernel underflowed: a few log-domain sweeps bring the potentials close
+            fallbacks += int(under.size)
+            sts = run(under, e, stol, 1.0, log_sweeps=True, cap=10)
+            ids = under[(sts == 1) & (n_iter[under] < max_iter)]
+        # a stage that ran out of budget or diverged ends the schedule for that problem
+        alive = alive[status[alive] == 0]
+    everyone = np.arange(B)
+    merr, cost, plogp = kernels.measure(f, g, eps, everyone)
+    # The stopping test measures the kernels' own error; the exact error of the returned plan can
+    # land just above tol (rounding of float32 columns, GPU checks between blocks). A few more
+    # plain iterations at a tighter tol settle those problems, and only those.
+    for _ in range(3):
+        redo = everyone[(status == 0) & ~(merr <= tol) & (n_iter < max_iter)]
+        if not redo.size:
+            break
+        sts = run(redo, eps, 0.5 * tol, 1.0, cap=10)
+        status[redo] = np.where(sts == 2, 2, 0)
+        merr[redo], cost[redo], plogp[redo] = kernels.measure(f, g, eps, redo)
+    elapsed = time.perf_counter() - t0
+    outcomes = [sinkhorn_outcome(float(merr[p]), tol, int(status[p]), max_iter, int(n_iter[p])) for p in range(B)]
+    return SinkhornRun(
+        f=f, g=g, n_iter=n_iter, status=status, errors=errors, marginal_error=merr, cost=cost, plogp=plogp,
+        converged=np.array([o[0] for o in outcomes], dtype=bool),
+        status_names=np.array([o[1] for o in outcomes]), messages=[o[2] for o in outcomes],
+        schedule=schedule, tol=tol, fallbacks=fallbacks, time=elapsed)
+
+
+def kernels_mass(batch: ProblemBatch):
+    """Total mass of each problem (host floats)."""
+    a = batch.a
+    s = a.sum(axis=1)
+    return s.get() if hasattr(s, "get") else s
+
+
 @dataclass(frozen=True)
 class Sinkhorn:
     """Entropic OT by log-domain Sinkhorn iterations.
 
     Each iteration is one fused pass over the cost (exact row log-sum-exp, row update and column
-    accumulation together, one exp per entry, both cores), so it is stable for any ε: nothing is
-    exponentiated without being shifted by its maximum or bounded by a marginal.
+    accumulation together, one exp per entry, all cores), so it is stable for any ε: nothing is
+    exponentiated without being shifted by its maximum or bounded by a marginal. Solves a
+    :class:`~otsolve.LinearProblem` or a :class:`~otsolve.BatchedLinearProblem` (B problems, each
+    stopping at its own tolerance), on NumPy (C++ kernels) or CuPy (CUDA kernels) arrays.
 
     Parameters
     ----------
     tol : float, optional
-        Stop when ``||P1 - a||_1 + ||P^T 1 - b||_1 <= tol`` (checked every iteration, at no extra
-        cost). Default 1e-9 for float64 and 1e-6 for float32.
+        Stop when ``||P1 - a||_1 + ||P^T 1 - b||_1 <= tol``, measured on the returned plan.
+        Default 1e-9 for float64 and 1e-6 for float32. A tolerance below what the dtype's
+        arithmetic reaches (:func:`reachable_tol`) is raised to it with a warning.
     max_iter : int, default 10000
-        Total iteration budget (over all ε-scaling stages).
+        Iteration budget of each problem, over all ε-scaling stages (one iteration = one update
+        of both potentials).
     epsilon_scaling : bool or float, default False
         Anneal ε geometrically from ``epsilon_init`` to the target, warm-starting each stage
         (Kosowsky & Yuille 1994; Schmitzer 2019). ``True`` uses the decay 0.5; a float in (0, 1)
         is the decay itself. Essential for ε below ~1e-3 times the cost scale.
     epsilon_init : float, optional
-        First ε of the schedule (default: the cost's range).
+        First ε of the schedule (default: the geometry's ``cost_range()``).
     stage_tol : float, default 1e-2
         Tolerance of the intermediate stages of ε-scaling (the last stage uses ``tol``).
     omega : float or None, default None
@@ -83,20 +191,21 @@ class Sinkhorn:
         falls back to plain steps when the error grows (Lehmann et al. 2022); 1.0 is plain
         Sinkhorn.
     mode : {"auto", "log", "scaling"}, default "auto"
-        "log": log-domain sweeps (one exp per cost entry per iteration). "scaling": for dense
-        costs, a stabilized kernel-domain scheme with absorption (Schmitzer 2019) that stores the
-        Gibbs kernel once and then iterates without exp; it hands back to log sweeps whenever a
-        kernel row or column underflows, so it is exactly as stable. "auto" uses "scaling" for
-        dense costs whose kernel fits in ``kernel_memory`` bytes and for point clouds whose cost
-        and kernel (``2 n m`` entries) fit (the cost is then materialised once), "log" otherwise
-        (point clouds: the cost computed in every sweep, O((n + m) d) memory).
+        CPU only. "log": log-domain sweeps (one exp per cost entry per iteration). "scaling": for
+        dense costs, a stabilized kernel-domain scheme with absorption (Schmitzer 2019) that
+        stores the Gibbs kernel once and then iterates without exp; it hands back to log sweeps
+        whenever a kernel row or column underflows, so it is exactly as stable. "auto" uses
+        "scaling" for dense costs whose kernel fits in ``kernel_memory`` bytes and for point
+        clouds whose cost and kernel (``2 n m`` entries) fit (the cost is then materialised
+        once), "log" otherwise.
     kernel_memory : float, default 4e9
         Most bytes the "auto" mode may spend on the stored kernel (and, for point clouds, the
-        materialised cost).
+        materialised costs).
     n_threads : int, default 0
-        OpenMP threads of the compiled kernels (0 = all).
+        OpenMP threads of the CPU kernels (0 = chosen from the problem size).
     compiled : bool, default True
-        Use the compiled C++ kernels (False: the NumPy reference, for checks).
+        Use the compiled kernels (C++ on the CPU, CUDA on the GPU). False: the NumPy reference
+        (CuPy problems are then solved on the host), for checks.
     warn : bool, default True
         Emit a RuntimeWarning when the solve does not converge.
 
@@ -121,7 +230,7 @@ class Sinkhorn:
     method = "sinkhorn"
 
     def __post_init__(self) -> None:
-        if self.tol is not None and not (np.isfinite(self.tol) and self.tol > 0):
+        if self.tol is not None and not (isinstance(self.tol, numbers.Real) and np.isfinite(self.tol) and self.tol > 0):
             raise ValueError(f"tol must be a positive number, got {self.tol!r}")
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
             raise ValueError(f"max_iter must be a nonnegative integer, got {self.max_iter!r}")
@@ -130,6 +239,8 @@ class Sinkhorn:
             raise ValueError(f"epsilon_scaling must be a bool or a decay in (0, 1), got {es!r}")
         if self.epsilon_init is not None:
             check_epsilon(self.epsilon_init, "epsilon_init")
+        if not (isinstance(self.stage_tol, numbers.Real) and np.isfinite(self.stage_tol) and self.stage_tol > 0):
+            raise ValueError(f"stage_tol must be a positive number, got {self.stage_tol!r}")
         if self.omega is not None and not (0 < float(self.omega) < 2):
             raise ValueError(f"omega must be in (0, 2) or None (adaptive), got {self.omega!r}")
         if self.mode not in ("auto", "log", "scaling"):
@@ -137,107 +248,107 @@ class Sinkhorn:
         km = self.kernel_memory
         if isinstance(km, bool) or not isinstance(km, numbers.Real) or not km >= 0:
             raise ValueError(f"kernel_memory must be a number of bytes >= 0, got {km!r}")
+        nt = self.n_threads
+        if isinstance(nt, bool) or not isinstance(nt, (int, np.integer)) or nt < 0:
+            raise ValueError(f"n_threads must be an integer >= 0 (0 = automatic), got {nt!r}")
 
     # ------------------------------------------------------------------------------------
-    def __call__(self, problem: LinearProblem, init: Any = None) -> OTResult:
-        if not isinstance(problem, LinearProblem):
-            raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
-        eps = problem.require_epsilon()
-        geom = problem.geom
-        if is_cupy_problem(problem):  # GPU path: CUDA kernels through CuPy
-            from ..backends.cupy_sinkhorn import solve_sinkhorn_cupy
+    def __call__(self, problem: LinearProblem | BatchedLinearProblem, init: Any = None) -> OTResult:
+        if not isinstance(problem, (LinearProblem, BatchedLinearProblem)):
+            raise ValueError(f"expected a LinearProblem or a BatchedLinearProblem, got {type(problem).__name__}")
+        eps = problem.epsilon if isinstance(problem, BatchedLinearProblem) else problem.require_epsilon()
+        xp = problem.xp
+        if not self.compiled and xp is not np:
+            # the NumPy reference runs on the host: solve there, hand the arrays back on the device
+            host_init = None if init is None else tuple(_host(v) for v in _pair(init))
+            res = self(problem.to_namespace(np), host_init)
+            return res.to_namespace(xp)
+        batch = ProblemBatch.of(problem)
+        kernels = make_sinkhorn_kernels(batch, compiled=self.compiled, n_threads=_threads(self.n_threads),
+                                        mode=self.mode, kernel_memory=self.kernel_memory)
+        out = run_sinkhorn(self, kernels, batch, eps, init)
+        backend = "numpy" if xp is np else "cupy"
+        dtype = problem.dtype
+        if isinstance(problem, LinearProblem):
+            return self._single_result(out, kernels, eps, dtype, backend)
+        return self._batched_result(out, kernels, eps, dtype, backend)
 
-            return solve_sinkhorn_cupy(self, problem, init)
-        n, m = geom.shape
-        tol = default_tol(problem.dtype) if self.tol is None else float(self.tol)
-        f, g = initial_potentials(init, n, m)
-        log_a, log_b = safe_log(problem.a), safe_log(problem.b)
-        K = get_sinkhorn_kernels(self.compiled)
-        kind, args = compiled_cost_args(geom)
-        if kind == "pointcloud" and self.mode != "log":
-            # Materialising the cost once and iterating on the stored kernel is ~3.5x faster
-            # than computing the cost in every sweep (n = 4000, d = 2): do it when the cost and
-            # the kernel fit in the budget.
-            itemsize = np.dtype(problem.dtype).itemsize
-            if self.mode == "scaling" or 2 * n * m * itemsize <= self.kernel_memory:
-                kind, args = "dense", (np.ascontiguousarray(geom.cost_matrix),)
-        sweep = K.sinkhorn_dense if kind == "dense" else K.sinkhorn_pointcloud
-
-        if self.epsilon_scaling:
-            decay = 0.5 if self.epsilon_scaling is True else float(self.epsilon_scaling)
-            start = self.epsilon_init or cost_range(geom)
-            schedule = epsilon_schedule(eps, max(start, eps), decay)
-        else:
-            schedule = [eps]
-
-        # The kernels' error is exact up to rounding (in the cost's precision: float32 costs
-        # round each line's sum at ~1e-7); keep a margin so that the error recomputed from
-        # scratch below (plan_statistics) also honours tol.
-        tol_kernel = max(tol - 16 * (n + m) * np.finfo(problem.dtype).eps * float(np.sum(problem.a)), 0.5 * tol)
-        omega = -1.0 if self.omega is None else float(self.omega)
-        workspace = None
-        if kind == "dense":
-            C = args[0]
-            use_scaling = self.mode == "scaling" or (
-                self.mode == "auto" and C.size * C.itemsize <= self.kernel_memory)
-            if use_scaling:
-                workspace = np.empty_like(C)
-        t0 = time.perf_counter()
-        errors: list[float] = []
-        n_iter, status, fallbacks = 0, 1, 0
-        budget = int(self.max_iter)
-        for k, e in enumerate(schedule):
-            last = k == len(schedule) - 1
-            stage_tol = tol_kernel if last else max(self.stage_tol, tol)
-            while True:
-                if workspace is not None:
-                    it, status, errs = K.sinkhorn_scaling_dense(
-                        args[0], log_a, log_b, f, g, e, budget, stage_tol, self.n_threads, workspace, 50.0, omega)
-                else:
-                    it, status, errs = sweep(*args, log_a, log_b, f, g, e, budget, stage_tol, self.n_threads, omega)
-                n_iter += it
-                budget -= it
-                errors.extend(errs)
-                if status != 3 or budget <= 0:
-                    break
-                # the stored kernel underflowed: a few log-domain sweeps bring the potentials close
-                fallbacks += 1
-                it, status, errs = sweep(*args, log_a, log_b, f, g, e, min(10, budget), stage_tol,
-                                         self.n_threads, 1.0)
-                n_iter += it
-                budget -= it
-                errors.extend(errs)
-                if status != 1 or budget <= 0:
-                    break
-            if status == 2 or budget <= 0:
-                status = 2 if status == 2 else (0 if status == 0 and last else 1)
-                break
-        del workspace
-        elapsed = time.perf_counter() - t0
-
-        row, col, cost, plogp = plan_statistics(geom, f, g, eps, self.compiled, self.n_threads)
-        merr = marginal_l1(problem, row, col)
-        converged, status_name, message = sinkhorn_outcome(merr, tol, status, self.max_iter)
+    def _single_result(self, out: SinkhornRun, kernels, eps, dtype, backend) -> OTResult:
+        converged, message = bool(out.converged[0]), out.messages[0]
         if not converged and self.warn:
             warn_not_converged("Sinkhorn", message)
-
-        out_dtype = problem.dtype
-        f_out, g_out = f.astype(out_dtype), g.astype(out_dtype)
+        f, g = out.f, out.g
         return OTResult(
-            method=self.method,
-            f=f_out,
-            g=g_out,
-            cost=cost,
-            value=cost + eps * plogp,
-            converged=converged,
-            n_iter=n_iter,
-            marginal_error=merr,
-            errors=errors,
-            message=message,
-            status=status_name,
-            epsilon=eps,
-            plan_fn=lambda: dense_plan(geom, f, g, eps, out_dtype),
-            epsilon_schedule=schedule,
-            time=elapsed,
-            kernel_fallbacks=fallbacks,
+            method=self.method, f=f[0].astype(dtype), g=g[0].astype(dtype), cost=float(out.cost[0]),
+            value=float(out.cost[0] + eps * out.plogp[0]), converged=converged, n_iter=int(out.n_iter[0]),
+            marginal_error=float(out.marginal_error[0]), errors=out.errors[0], message=message,
+            status=str(out.status_names[0]), epsilon=eps, plan_fn=lambda: kernels.plan(0, f, g, eps, dtype),
+            epsilon_schedule=out.schedule, time=out.time, kernel_fallbacks=out.fallbacks, tol=out.tol,
+            backend=backend,
         )
+
+    def _batched_result(self, out: SinkhornRun, kernels, eps, dtype, backend) -> OTResult:
+        B = len(out.n_iter)
+        merr, tol = out.marginal_error, out.tol
+        n_bad = int((~out.converged).sum())
+        message = (f"all {B} problems converged (max marginal L1 error {merr.max():.3g} <= tol {tol:.3g})"
+                   if n_bad == 0 else f"{n_bad} of {B} problems did not reach tol {tol:.3g} (max_iter="
+                   f"{self.max_iter}; worst marginal L1 error {np.nanmax(merr):.3g})")
+        if n_bad and self.warn:
+            warn_not_converged(type(self).__name__, message)
+        # per-iteration history of the worst running problem
+        L = max((len(e) for e in out.errors), default=0)
+        hist = np.full((B, L), np.nan)
+        for p, e in enumerate(out.errors):
+            hist[p, : len(e)] = e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            worst = np.nanmax(hist, axis=0) if L else np.zeros(0)
+        f, g = out.f.astype(dtype, copy=False), out.g.astype(dtype, copy=False)
+        xp = kernels.batch.xp
+
+        def plan():
+            return xp.stack([kernels.plan(p, out.f, out.g, eps, dtype) for p in range(B)])
+
+        values = out.cost + eps * out.plogp
+        return OTResult(
+            method=self.method, f=f, g=g, cost=float(out.cost.sum()), value=float(values.sum()),
+            converged=bool(out.converged.all()), n_iter=int(out.n_iter.max(initial=0)),
+            marginal_error=float(merr.max()), errors=worst, message=message,
+            status="converged" if n_bad == 0 else "partial", epsilon=eps, plan_fn=plan,
+            converged_each=out.converged, n_iter_each=out.n_iter, marginal_errors=merr, costs=out.cost,
+            values=values, status_each=out.status_names, errors_each=out.errors, time=out.time,
+            epsilon_schedule=out.schedule, tol=tol, backend=backend,
+        )
+
+
+@dataclass(frozen=True)
+class BatchedSinkhorn(Sinkhorn):
+    """:class:`Sinkhorn` under the name of the batched solver (kept for existing code): the same
+    driver and options, for a :class:`~otsolve.BatchedLinearProblem`.
+
+    The result holds (B, n) / (B, m) potentials and per-problem fields ``converged_each``,
+    ``n_iter_each``, ``marginal_errors``, ``costs``, ``values``, ``status_each``,
+    ``errors_each``.
+    """
+
+    method = "batched_sinkhorn"
+
+    def __call__(self, problem: BatchedLinearProblem, init: Any = None) -> OTResult:  # type: ignore[override]
+        if not isinstance(problem, BatchedLinearProblem):
+            raise ValueError(f"expected a BatchedLinearProblem, got {type(problem).__name__}")
+        return super().__call__(problem, init)
+
+
+def _threads(n_threads: int) -> int:
+    from .._validation import check_n_threads  # noqa: PLC0415
+
+    return check_n_threads(n_threads)
+
+
+def _pair(init):
+    return (init.f, init.g) if hasattr(init, "f") and hasattr(init, "g") else init
+
+
+def _host(v):
+    return v.get() if hasattr(v, "get") else v

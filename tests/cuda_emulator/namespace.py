@@ -544,6 +544,9 @@ def build() -> dict[str, types.ModuleType]:
         "get_local_runtime_version": lambda: 12000, "set_allocator": lambda allocator=None: None,
         "set_pinned_memory_allocator": lambda allocator=None: None,
     }, lambda a: _missing("cupy.cuda", a), package=True)
+    device = _module("cupy.cuda.device", "Emulated cupy.cuda.device.", {"Device": Device},
+                     lambda a: _missing("cupy.cuda.device", a))
+    cuda.device = device
     linalg = _module("cupy.linalg", "Emulated cupy.linalg (NumPy's).", {},
                      _numpy_lookup(np.linalg, _LINALG_NAMES, "cupy.linalg"))
     fft = _module("cupy.fft", "Emulated cupy.fft (NumPy's).", {}, _numpy_lookup(np.fft, _FFT_NAMES, "cupy.fft"))
@@ -596,5 +599,5 @@ def build() -> dict[str, types.ModuleType]:
         "empty_pinned": np.empty, "zeros_pinned": np.zeros, "empty_like_pinned": np.empty_like,
         "zeros_like_pinned": np.zeros_like,
     }, lambda a: _missing("cupyx", a), package=True)
-    mods = [cupy, cuda, runtime, linalg, fft, random, cupyx, scipy_mod, special, sparse]
+    mods = [cupy, cuda, device, runtime, linalg, fft, random, cupyx, scipy_mod, special, sparse]
     return {m.__name__: m for m in mods}
