@@ -153,7 +153,8 @@ def from_core(y: Any, info: ArrayInfo, *, dtype: Any = None) -> Any:
     if lib == "torch":
         import torch  # noqa: PLC0415
 
-        t = torch.from_dlpack(yk) if aac.is_cupy_array(yk) else torch.from_numpy(np.ascontiguousarray(yk))
+        t = torch.from_dlpack(yk) if aac.is_cupy_array(yk) else torch.as_tensor(
+            yk if yk.flags.c_contiguous else yk.copy())
         return t.to(device=info.device, dtype=want if want is not None else t.dtype)
     if lib == "jax":
         import jax  # noqa: PLC0415
