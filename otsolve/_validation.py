@@ -22,6 +22,8 @@ __all__ = [
     "available_memory",
     "check_memory",
     "InsufficientMemoryError",
+    "check_cost_overflow",
+    "check_cost_block",
 ]
 
 
@@ -237,3 +239,57 @@ def check_memory(nbytes: float, what: str, hint: str = "") -> None:
         raise InsufficientMemoryError(
             f"{what} needs {_gib(nbytes)} ({int(nbytes):,} bytes) but only {_gib(avail)} is available"
             + (f"; {hint}" if hint else ""))
+
+
+def _host(v):
+    return np.asarray(v.get() if hasattr(v, "get") and not isinstance(v, np.ndarray) else v)
+
+
+def check_cost_overflow(x, y, cost: str, scale: float = 1.0) -> None:
+    """Refuse point clouds whose cost would overflow their dtype (ValueError naming ``x``/``y``).
+
+    Squared-distance costs ("sqeuclidean", "half_sqeuclidean", and "euclidean", whose kernels
+    form the squared distance first) are bounded by the bounding box's squared diagonal,
+    ``sum_k (max_k - min_k)^2``; "cityblock" by ``sum_k (max_k - min_k)``. With more than 4
+    dimensions the block code expands ``|x|^2 + |y|^2 - 2 x.y``, so the squared norms count too.
+    Without this check, coordinates ~1e200 give an infinite cost and the solver ends "diverged".
+    Callable costs are checked block by block instead (:func:`check_cost_block`).
+    """
+    if callable(cost):
+        return
+    dt = np.dtype(x.dtype)
+    big = float(np.finfo(dt).max)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo = np.minimum(_host(x.min(axis=0)), _host(y.min(axis=0))).astype(np.float64)
+        hi = np.maximum(_host(x.max(axis=0)), _host(y.max(axis=0))).astype(np.float64)
+        span = hi - lo
+        if cost == "cityblock":
+            bound = float(np.sum(span))
+        else:
+            bound = float(np.sum(span * span))
+            if x.shape[1] > 4:  # norm expansion in the block code
+                amax = np.maximum(np.abs(lo), np.abs(hi))
+                bound = max(bound, float(np.sum(amax * amax)))
+        scaled = bound * abs(float(scale))
+    if not (np.isfinite(bound) and bound <= big and np.isfinite(scaled) and scaled <= big):
+        what = "distances" if cost == "cityblock" else "squared distances"
+        raise ValueError(
+            f"x and y span coordinates up to {float(np.max(np.maximum(np.abs(lo), np.abs(hi)))):.3g}: their "
+            f"{what} (up to ~{bound * abs(float(scale)):.3g}) overflow {dt} (max {big:.3g}), so the cost "
+            f"{cost!r} would be infinite; rescale the points (e.g. x / s, y / s, with epsilon / s**2 for a "
+            "squared cost)")
+
+
+def check_cost_block(blk, rows: int, m: int, name: str = "cost"):
+    """A block returned by a callable cost: an array of shape (rows, m), real and finite."""
+    xp = _xp(blk)
+    blk = xp.asarray(blk)
+    if tuple(blk.shape) != (rows, m):
+        raise ValueError(
+            f"{name}(x_block, y) returned shape {tuple(blk.shape)} for a block of {rows} rows of x "
+            f"and {m} points of y; it must return an array of shape ({rows}, {m})")
+    if blk.dtype.kind not in "fiub":
+        raise ValueError(f"{name}(x_block, y) returned dtype {blk.dtype}; it must be real")
+    if not bool(xp.all(xp.isfinite(blk))):
+        raise ValueError(f"{name}(x_block, y) returned {int(xp.sum(~xp.isfinite(blk)))} non-finite value(s)")
+    return blk
