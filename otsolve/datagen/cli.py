@@ -74,7 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--restart", type=int, default=40, help="GCRO-DR basis size m (default 40)")
     p.add_argument("--k", type=int, default=20, help="recycled dimension (default 20)")
     p.add_argument("--chunk-size", type=int, default=50, help="sorted samples per chunk (default 50)")
-    p.add_argument("--sort", choices=["greedy", "hilbert", "none"], default="greedy")
+    p.add_argument("--sort", choices=["nn", "greedy", "hilbert", "none"], default="nn",
+                   help="SKR order: nn (nearest-neighbour chain, O(N log N); default), greedy (dense O(N^2)), "
+                        "hilbert, none")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="storage precision")
     p.add_argument("--options", default=None, help="family options as JSON, e.g. '{\"k_range\": [2, 6]}'")
     g = p.add_mutually_exclusive_group()

@@ -19,7 +19,7 @@ from .store import FORMAT, DatagenIOError, H5Store, is_zarr_path
 
 __all__ = ["generate", "solve_chunk", "default_method", "family_options"]
 
-SORTS = ("greedy", "hilbert", "none")
+SORTS = ("nn", "greedy", "hilbert", "none")
 
 
 def default_method(family: str) -> str:
@@ -124,7 +124,7 @@ def _keys(family: str, grid: int, seed: int, samples: int, options: dict) -> np.
 
 def generate(family: str, samples: int, grid: int, out: str | Path, *, tol: float = 1e-8, seed: int = 0,
              method: str | None = None, precond: str | None = None, restart: int = 40, k: int = 20,
-             chunk_size: int = 50, sort: str = "greedy", layout: str = "otsolve", workers: int | None = None,
+             chunk_size: int = 50, sort: str = "nn", layout: str = "otsolve", workers: int | None = None,
              scheduler: str | None = None, client: Any = None, progress: bool = True,
              dtype: str = "float32", options: dict | None = None,
              log: Callable[[str], Any] | None = None) -> dict[str, Any]:
@@ -151,8 +151,10 @@ def generate(family: str, samples: int, grid: int, out: str | Path, *, tol: floa
     chunk_size : int
         Consecutive sorted samples solved together (recycling within a chunk); also the unit
         of resume, of distribution and (Zarr) of storage.
-    sort : {"greedy", "hilbert", "none"}
-        SKR order of the samples (computed once, stored with the data).
+    sort : {"nn", "greedy", "hilbert", "none"}
+        SKR order of the samples (computed once, stored with the data): ``nn`` the greedy
+        nearest-neighbour chain by a KD tree (O(N log N)), ``greedy`` the dense O(N²) reference,
+        ``hilbert`` a space-filling curve; see :func:`otsolve.krylov.sort_systems`.
     layout : {"otsolve", "pdebench"}
         Dataset names and shapes (``pdebench``: ``nu``, ``tensor``, ``x-coordinate``,
         ``y-coordinate``, as PDEBench's Darcy files; darcy only).
