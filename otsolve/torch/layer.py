@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .._validation import check_epsilon
+from .._validation import check_epsilon, check_n_threads, check_positive_int, check_tol
 from ._costs import CostSpec, pairwise_cost, resolve_cost
 from ._grad import ImplicitState, SolveSpec, envelope_value, implicit_potentials, refuse_grad
 from ._solve import _diameter_cost, _update, epsilon_schedule
@@ -340,12 +340,13 @@ def sinkhorn(
     a_ = _weights(a, B, n, batched, Cb, "a")
     b_ = _weights(b, B, m, batched, Cb, "b")
     _check_mass(a_, b_)
-    tol = _default_tol(Cb.dtype) if tol is None else float(tol)
+    tol = _default_tol(Cb.dtype) if tol is None else check_tol(tol)
     init = _init(init, B, n, m, batched)
     _check_backend(backend, Cb)
-    return _solve(a=a_, b=b_, eps=eps, grad=grad, tol=tol, max_iter=int(max_iter),
+    return _solve(a=a_, b=b_, eps=eps, grad=grad, tol=tol, max_iter=check_positive_int(max_iter, "max_iter", 0),
                   scaling=_scaling(epsilon_scaling), init=init, backend=backend,
-                  state=implicit_state, C=Cb, batched=batched, inputs=(a, b, C), n_threads=n_threads)
+                  state=implicit_state, C=Cb, batched=batched, inputs=(a, b, C),
+                  n_threads=check_n_threads(n_threads))
 
 
 def _scaling(s):
@@ -468,12 +469,13 @@ def sinkhorn_divergence(
     a_ = _weights(a, B, n, batched, xb, "a")
     b_ = _weights(b, B, m, batched, xb, "b")
     _check_mass(a_, b_)
-    tol = _default_tol(xb.dtype) if tol is None else float(tol)
+    tol = _default_tol(xb.dtype) if tol is None else check_tol(tol)
     _check_backend(backend, xb)
     scaling = _scaling(epsilon_scaling)
     init = init or {}
-    common = dict(eps=eps, grad=grad, tol=tol, max_iter=int(max_iter), scaling=scaling,
-                  backend=backend, state=implicit_state, cost=cost, batched=True, n_threads=n_threads)
+    common = dict(eps=eps, grad=grad, tol=tol, max_iter=check_positive_int(max_iter, "max_iter", 0), scaling=scaling,
+                  backend=backend, state=implicit_state, cost=cost, batched=True,
+                  n_threads=check_n_threads(n_threads))
     inputs = (x, y, a, b)
     outs = {"xy": _solve(a=a_, b=b_, x=xb, y=yb, init=init.get("xy"), inputs=inputs, **common)}
     val = outs["xy"].value - eps * (_entropy_term(a_) + _entropy_term(b_))
@@ -505,7 +507,8 @@ class SinkhornLoss(torch.nn.Module):
     grad : str
         "envelope" (default), "implicit", "unroll" or "detach".
     warm_start : bool
-        Start each call from the potentials of the previous call when the shapes match
+        Start each call from the potentials of the previous call for each term whose shapes
+        (batch size, cloud sizes), dtype and device match (the others start cold)
         (training loops move the clouds a little per step, so fewer iterations are needed).
     **options
         ``tol``, ``max_iter``, ``epsilon_scaling``, ``backend``, ``implicit_state``, ``n_threads``.
@@ -523,6 +526,12 @@ class SinkhornLoss(torch.nn.Module):
         unknown = set(options) - allowed
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        if options.get("tol") is not None:  # bad settings fail here, not at the first call
+            options["tol"] = check_tol(options["tol"])
+        if "max_iter" in options:
+            options["max_iter"] = check_positive_int(options["max_iter"], "max_iter", 0)
+        if "n_threads" in options:
+            options["n_threads"] = check_n_threads(options["n_threads"])
         if self.grad == "implicit" and options.get("implicit_state") is None:
             options["implicit_state"] = ImplicitState()  # CG warm start across training steps
         self.options = options
@@ -537,13 +546,15 @@ class SinkhornLoss(torch.nn.Module):
             raise ValueError(f"SinkhornLoss takes (x, y) or (a, x, b, y), got {len(args)} arguments")
         init = None
         if self.warm_start and self.last_outputs is not None:
-            init = {}
-            for k, o in self.last_outputs.items():
-                f, g = o._f.detach(), o._g.detach()
-                init[k] = (f, g)
-            bx = x.shape[:-1] if x.ndim == 3 else (1, *x.shape[:-1])
-            if init["xy"][0].shape != bx:
-                init = None
+            # each term's potentials are reused only if that term's problem has the same shapes,
+            # dtype and device (a new batch or cloud size drops them: they belong to other problems)
+            def bn(t):
+                return tuple(t.shape[:-1]) if t.ndim == 3 else (1, t.shape[0])
+
+            want = {"xy": (bn(x), bn(y)), "xx": (bn(x), bn(x)), "yy": (bn(y), bn(y))}
+            init = {k: (o._f.detach(), o._g.detach()) for k, o in self.last_outputs.items()
+                    if (tuple(o._f.shape), tuple(o._g.shape)) == want.get(k)
+                    and o._f.dtype == x.dtype and o._f.device == x.device}
         val, outs = sinkhorn_divergence(
             x, y, self.epsilon, a=a, b=b, cost=self.cost, debias=self.debias, grad=self.grad,
             init=init, return_outputs=True, **self.options)
