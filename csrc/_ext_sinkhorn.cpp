@@ -19,6 +19,22 @@ using Mat = nb::ndarray<const T, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using CVec = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Vec = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
+// Interrupt hook of the kernels (InterruptPoll): called without the GIL from the thread that
+// released it; takes the GIL and runs Python's signal handlers. A handler that raised (Ctrl-C:
+// KeyboardInterrupt) leaves its exception set and the loop stops with status 4.
+static bool python_interrupted() {
+  nb::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+// After a kernel returned (GIL held again): re-raise a pending KeyboardInterrupt & co.
+static void raise_if_interrupted(int status) {
+  if (status == kStatusInterrupted) {
+    if (PyErr_Occurred()) throw nb::python_error();
+    throw std::runtime_error("interrupted");
+  }
+}
+
 static void check_len(const char* name, size_t got, long want) {
   if (static_cast<long>(got) != want)
     throw std::invalid_argument(std::string(name) + " has length " + std::to_string(got) +
@@ -39,6 +55,7 @@ static std::tuple<long, int, std::vector<double>> run_sweeps(const Cost& cost, C
     st = sinkhorn_sweeps(cost, log_a.data(), log_b.data(), f.data(), g.data(), eps, max_iter, tol,
                          n_threads, omega);
   }
+  raise_if_interrupted(st.status);
   return {st.n_iter, st.status, st.errors};
 }
 
@@ -91,6 +108,7 @@ static void bind_dtype(nb::module_& m) {
           st = sinkhorn_scaling_dense(C.data(), n, mm, log_a.data(), log_b.data(), f.data(), g.data(),
                                       eps, max_iter, tol, n_threads, K.data(), tau, omega);
         }
+        raise_if_interrupted(st.status);
         return std::make_tuple(st.n_iter, st.status, st.errors);
       },
       nb::arg("C"), nb::arg("log_a"), nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"),
@@ -132,6 +150,7 @@ static void bind_dtype(nb::module_& m) {
 
 NB_MODULE(_ext_sinkhorn, m) {
   m.doc() = "Fused log-domain Sinkhorn kernels (C++/OpenMP).";
+  interrupt_hook() = &python_interrupted;
   bind_dtype<double>(m);
   bind_dtype<float>(m);
   m.def("max_threads", []() { return resolve_threads(0); });

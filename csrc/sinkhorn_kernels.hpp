@@ -13,6 +13,7 @@
 // (its columns are exact), so the stopping test costs nothing extra.
 #pragma once
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -22,6 +23,35 @@
 #include "fast_math.hpp"
 
 namespace otsolve {
+
+// Cooperative interruption of long compiled loops (Ctrl-C). The kernels run without the GIL, so
+// they cannot see Python's signal handlers; a Python binding installs a hook that takes the GIL,
+// runs the handlers (PyErr_CheckSignals) and returns true when one raised (KeyboardInterrupt).
+// The loops poll it from the calling thread between iterations, at most every 0.25 s (one clock
+// read per iteration otherwise), and return with status 4; the binding then raises the error.
+using InterruptHook = bool (*)();
+inline InterruptHook& interrupt_hook() {
+  static InterruptHook hook = nullptr;
+  return hook;
+}
+
+class InterruptPoll {
+ public:
+  // true when the loop must stop (the hook reported a pending exception)
+  bool operator()() {
+    const InterruptHook hook = interrupt_hook();
+    if (hook == nullptr) return false;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::milliseconds(250)) return false;
+    last_ = now;
+    return hook();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
+constexpr int kStatusInterrupted = 4;
 
 enum class CostKind : int { SqEuclidean = 0, Euclidean = 1 };
 
@@ -92,7 +122,9 @@ struct PointCloudCost {
 // (and on a loaded machine a barrier can wait a whole scheduler quantum).
 inline int resolve_threads(int n_threads, long work = std::numeric_limits<long>::max()) {
 #ifdef _OPENMP
-  if (n_threads > 0) return n_threads;
+  // never more threads than processors: oversubscription only adds barrier cost (4096 threads
+  // turned a 1-s solve into a minute); the Python side validates and warns (check_n_threads)
+  if (n_threads > 0) return std::min(n_threads, std::max(1, omp_get_num_procs()));
   const long cap = std::max(1L, work / (1L << 18));
   return static_cast<int>(std::min<long>(omp_get_max_threads(), cap));
 #else
@@ -115,7 +147,8 @@ double column_lse(const Cost& cost, const double* f, long j, double inv_eps) {
 
 struct SweepStats {
   long n_iter = 0;     // completed updates of (f, g)
-  int status = 1;      // 0 converged, 1 max_iter, 2 diverged, 3 underflow (scaling kernel only)
+  int status = 1;      // 0 converged, 1 max_iter, 2 diverged, 3 underflow (scaling kernel only),
+                       // 4 interrupted (a Python signal handler raised; see InterruptPoll)
   std::vector<double> errors;
   std::vector<double> omegas;  // relaxation used by each update
 };
@@ -225,8 +258,13 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
   std::vector<std::vector<double>> acc_in(nt);
   Relaxation relax(omega_in);
   SweepStats st;
+  InterruptPoll interrupted;
   double col_err = 0.0;  // column error of the current iterate (known after the first sweep)
   for (long it = 0; it < max_iter; ++it) {
+    if (interrupted()) {  // (f, g) hold a complete iterate here
+      st.status = kStatusInterrupted;
+      return st;
+    }
     const bool first = (it == 0);
     const double w = relax.omega;
     double err_rows = 0.0;

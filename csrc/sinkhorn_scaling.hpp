@@ -36,7 +36,8 @@ void build_gibbs_kernel(const T* C, long n, long m, const double* f, const doubl
 }
 
 // Runs up to max_iter iterations on (f, g) in place, K is an n*m workspace.
-// status: 0 converged, 1 max_iter, 2 diverged, 3 underflow (caller falls back to log sweeps).
+// status: 0 converged, 1 max_iter, 2 diverged, 3 underflow (caller falls back to log sweeps),
+// 4 interrupted (InterruptPoll).
 // errors[k] = L1 marginal error (rows + columns) of the iterate after k updates, as in
 // sinkhorn_sweeps; omega as there (<= 0: adaptive over-relaxation).
 template <typename T>
@@ -65,8 +66,14 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
   };
 
   build_gibbs_kernel(C, n, m, f, g, eps, K, nt);
+  InterruptPoll interrupted;
   double col_err = 0.0;
   for (long it = 0; it < max_iter; ++it) {
+    if (interrupted()) {
+      st.status = kStatusInterrupted;
+      absorb();
+      return st;
+    }
     const bool first = (it == 0);
     const double w = relax.omega;
     double err = 0.0;
