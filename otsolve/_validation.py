@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -245,7 +245,7 @@ def _host(v):
     return np.asarray(v.get() if hasattr(v, "get") and not isinstance(v, np.ndarray) else v)
 
 
-def check_cost_overflow(x, y, cost: str, scale: float = 1.0) -> None:
+def check_cost_overflow(x, y, cost: str | Callable[..., Any], scale: float = 1.0) -> None:
     """Refuse point clouds whose cost would overflow their dtype (ValueError naming ``x``/``y``).
 
     Squared-distance costs ("sqeuclidean", "half_sqeuclidean", and "euclidean", whose kernels

@@ -152,7 +152,8 @@ def _numba_cache_cold() -> bool:
     try:
         from otsolve.kernels import topk
 
-        return not os.path.exists(topk._topk_sorted._cache._cache_file._index_path)
+        cache = getattr(topk._topk_sorted, "_cache")  # numba's FunctionCache (a private attribute)
+        return not os.path.exists(cache._cache_file._index_path)
     except Exception:  # noqa: BLE001 - numba internals: when unsure, say it may take a while
         return True
 

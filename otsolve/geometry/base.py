@@ -20,7 +20,26 @@ class BaseGeometry:
     ``kernel_operands()``, ``cost_range()`` and ``to_namespace(xp)``.
     """
 
-    shape: tuple[int, int]
+    # -- what a subclass defines ----------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:  # pragma: no cover - abstract
+        """``(n, m)``: the cost's shape."""
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> Any:  # pragma: no cover - abstract
+        """The cost's dtype."""
+        raise NotImplementedError
+
+    @property
+    def xp(self) -> Any:  # pragma: no cover - abstract
+        """The array namespace of the cost (NumPy or CuPy)."""
+        raise NotImplementedError
+
+    @property
+    def cost_matrix(self) -> Any:  # pragma: no cover - abstract
+        """The (scaled) dense cost matrix (a point cloud computes it)."""
+        raise NotImplementedError
 
     # -- block access ---------------------------------------------------------------------
     def _default_chunk(self) -> int:

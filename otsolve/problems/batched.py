@@ -66,6 +66,9 @@ class BatchedLinearProblem:
                  x: Any = None, y: Any = None, cost_fn: str = "sqeuclidean", scale_cost: float = 1.0) -> None:
         if (cost is None) == (x is None):
             raise ValueError("give either cost (B, n, m) or point clouds x (B, n, d)")
+        self.cost: Any
+        self.x: Any
+        self.y: Any
         xp = _namespace(cost, a, b, x, y)
         self.xp = xp
         s = float(scale_cost)
@@ -91,7 +94,7 @@ class BatchedLinearProblem:
                 raise ValueError(f"x and y have different dtypes: {X.dtype} vs {Y.dtype}")
             self.cost, self.x, self.y = None, xp.ascontiguousarray(X), xp.ascontiguousarray(Y)
             spec = COSTS[cost_fn]
-            self.kind = int(spec.kernel_kind)
+            self.kind = int(spec.kernel_kind)  # type: ignore[arg-type]  # compiled costs only
             self.kernel_scale = spec.multiplier * s
             self.B, self.n, self.m = int(X.shape[0]), int(X.shape[1]), int(Y.shape[1])
             dtype = X.dtype

@@ -11,7 +11,7 @@ from ..geometry import BaseGeometry, Geometry, PointCloud
 __all__ = ["LinearProblem", "as_geometry"]
 
 
-def as_geometry(geom: Any) -> Geometry | PointCloud:
+def as_geometry(geom: Any) -> BaseGeometry:
     """A Geometry / PointCloud as is; an array becomes a dense :class:`Geometry`."""
     if isinstance(geom, BaseGeometry):
         return geom
