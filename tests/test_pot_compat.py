@@ -176,7 +176,7 @@ def test_float32_tolerance_clamped_not_max_iter(prob):
     assert P.dtype == np.float32
     res = log["result"]
     assert res.converged and res.marginal_error <= reachable_stopthr(np.float32, float(a.sum()))
-    P64 = ot.sinkhorn(*(x.astype(np.float64) for x in (a, b, M)), 0.05, method="sinkhorn_log", stopThr=1e-12)
+    P64 = ot.sinkhorn(*prob, 0.05, method="sinkhorn_log", stopThr=1e-12, numItermax=20000)
     np.testing.assert_allclose(P, P64, atol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -212,7 +212,7 @@ def test_torch_sinkhorn2_gradients_match_pot(prob):
         at, bt, Mt = (torch.tensor(x, requires_grad=True) for x in (a, b, M))
         val = fn(at, bt, Mt, reg, **kw)
         val.backward()
-        return float(val), at.grad, bt.grad, Mt.grad
+        return float(val.detach()), at.grad, bt.grad, Mt.grad
 
     v0, ga0, gb0, gM0 = grads(ot.sinkhorn2, method="sinkhorn_log", stopThr=1e-13, numItermax=5000)
     v1, ga1, gb1, gM1 = grads(otsolve.sinkhorn2, stopThr=1e-12)
@@ -288,11 +288,11 @@ def test_pot_module_solve_matches_ot_solve(prob, reg, reg_type):
 
 def test_pot_module_solve_sample_and_dist(prob):
     rng = np.random.RandomState(0)
-    xa, xb = rng.randn(15, 3), rng.randn(20, 3)
+    xa, xb = 0.3 * rng.randn(15, 3), 0.3 * rng.randn(20, 3)
     np.testing.assert_array_equal(opot.dist(xa, xb), ot.dist(xa, xb))
     for kw in ({"reg": 0.5}, {"reg": None}, {"reg": 0.5, "debias": True}, {"metric": "euclidean", "reg": 1.0}):
-        r0 = ot.solve_sample(xa, xb, tol=1e-12, max_iter=100000, **kw)
-        r1 = opot.solve_sample(xa, xb, tol=1e-12, max_iter=100000, **kw)
+        r0 = ot.solve_sample(xa, xb, tol=1e-12, max_iter=5000, **kw)
+        r1 = opot.solve_sample(xa, xb, tol=1e-12, max_iter=5000, **kw)
         assert r1.value == pytest.approx(r0.value, rel=1e-8), kw
     r1 = opot.solve_sample(xa, xb, method="1d")  # forwarded to POT
     assert r1.value == pytest.approx(ot.solve_sample(xa, xb, method="1d").value)
