@@ -131,7 +131,15 @@ def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, i
         # a stage that ran out of budget or diverged ends the schedule for that problem
         alive = alive[status[alive] == 0]
     everyone = np.arange(B)
-    merr, cost, plogp = kernels.measure(f, g, eps, everyone)
+
+    def returned(ids):
+        # measure what is returned: working potentials rounded to the problem's dtype
+        if f.dtype != batch.dtype:
+            f[ids] = f[ids].astype(batch.dtype)
+            g[ids] = g[ids].astype(batch.dtype)
+        return kernels.measure(f, g, eps, ids)
+
+    merr, cost, plogp = returned(everyone)
     # The stopping test measures the kernels' own error; the exact error of the returned plan can
     # land just above tol (rounding of float32 columns, GPU checks between blocks). A few more
     # plain iterations at a tighter tol settle those problems, and only those.
@@ -141,7 +149,7 @@ def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, i
             break
         sts = run(redo, eps, 0.5 * tol, 1.0, cap=10)
         status[redo] = np.where(sts == 2, 2, 0)
-        merr[redo], cost[redo], plogp[redo] = kernels.measure(f, g, eps, redo)
+        merr[redo], cost[redo], plogp[redo] = returned(redo)
     elapsed = time.perf_counter() - t0
     outcomes = [sinkhorn_outcome(float(merr[p]), tol, int(status[p]), max_iter, int(n_iter[p])) for p in range(B)]
     return SinkhornRun(

@@ -5,15 +5,16 @@ from typing import Callable, Union
 
 import torch
 
+from ..geometry.costs import COSTS as _GEOMETRY_COSTS
+
 __all__ = ["COSTS", "CostSpec", "resolve_cost", "pairwise_cost", "plan_cost_grads"]
 
 CostSpec = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
-# name -> (compiled kernel kind, scale): kind 0 = squared Euclidean, 1 = Euclidean.
+# name -> (compiled kernel kind, scale): kind 0 = squared Euclidean, 1 = Euclidean; the named
+# costs of the package's one table that the compiled / CUDA kernels compute on the fly
 COSTS: dict[str, tuple[int, float]] = {
-    "half_sqeuclidean": (0, 0.5),  # GeomLoss p=2 convention: ½‖x−y‖²
-    "sqeuclidean": (0, 1.0),
-    "euclidean": (1, 1.0),
+    name: (spec.kernel_kind, spec.multiplier) for name, spec in _GEOMETRY_COSTS.items() if spec.kernel_kind is not None
 }
 
 

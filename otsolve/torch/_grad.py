@@ -26,7 +26,7 @@ class SolveSpec:
     max_iter: int
     cost: CostSpec | None = None
     scaling: float | None = None
-    backend: str = "auto"
+    compiled: bool = True
     init: tuple[torch.Tensor, torch.Tensor] | None = None
     n_threads: int = 0
     solution: Solution | None = None
@@ -79,7 +79,7 @@ class _EnvelopeValue(torch.autograd.Function):
     def forward(ctx, spec: SolveSpec, a, b, C, x, y):  # noqa: D102
         sol = solve_potentials(
             a=a, b=b, eps=spec.eps, tol=spec.tol, max_iter=spec.max_iter, C=C, x=x, y=y,
-            cost=spec.cost, scaling=spec.scaling, init=spec.init, backend=spec.backend,
+            cost=spec.cost, scaling=spec.scaling, init=spec.init, compiled=spec.compiled,
             n_threads=spec.n_threads,
         )
         spec.solution = sol
@@ -117,27 +117,32 @@ def envelope_value(spec: SolveSpec, a, b, C=None, x=None, y=None) -> torch.Tenso
     return _EnvelopeValue.apply(spec, a, b, C, x, y)
 
 
-def _schur_cg(P, r, c, wf, wg, rtol, maxiter, x0):
+def _schur_cg(P, r, c, wf, wg, rtol, maxiter, x0, u=None):
     """Solve ``M λ = w`` with ``M = [[diag r, P], [Pᵀ, diag c]]`` (batched) by CG on the Schur
-    complement ``S = diag c − Pᵀ diag(1/r) P`` (PSD, null space = constants, m unknowns).
+    complement ``S = diag c − Pᵀ diag(1/r) P`` (PSD, null space = constants on the support
+    columns ``u``, m unknowns).
 
     ``w`` must satisfy Σ w_f = Σ w_g (the system is then consistent). Returns λ_f, λ_g, the
     iteration count and the final relative residuals. Jacobi preconditioner diag(c).
     """
     Pt = P.transpose(-1, -2)
+    u = torch.ones_like(wg) if u is None else u  # indicator of the null space of S
+    uu = u.sum(-1, keepdim=True).clamp_min(1)
+
+    def proj(v):  # component orthogonal to the null space
+        return v - (v * u).sum(-1, keepdim=True) / uu * u
 
     def S(v):
         return c * v - (Pt @ ((P @ v.unsqueeze(-1)).squeeze(-1) / r).unsqueeze(-1)).squeeze(-1)
 
     rhs = wg - (Pt @ (wf / r).unsqueeze(-1)).squeeze(-1)
-    rhs = rhs - rhs.mean(-1, keepdim=True)
+    rhs = proj(rhs)
     bnorm = rhs.norm(dim=-1)
     v = torch.zeros_like(rhs)
     res = rhs.clone()
     if x0 is not None:
         # keep the warm start only for the problems where it beats the zero guess
-        res0 = rhs - S(x0)
-        res0 = res0 - res0.mean(-1, keepdim=True)
+        res0 = proj(rhs - S(x0))
         better = (res0.norm(dim=-1) < bnorm).unsqueeze(-1)
         v = torch.where(better, x0, v)
         res = torch.where(better, res0, res)
@@ -157,7 +162,7 @@ def _schur_cg(P, r, c, wf, wg, rtol, maxiter, x0):
         alpha = torch.where(active & (pSp > tiny), rz / pSp.clamp_min(tiny), torch.zeros_like(rz))
         v = v + alpha.unsqueeze(-1) * p
         res = res - alpha.unsqueeze(-1) * Sp
-        res = res - res.mean(-1, keepdim=True)  # stay in the range of S (rounding drifts along 1)
+        res = proj(res)  # stay in the range of S (rounding drifts along the null space)
         z = res / c
         rz_new = (res * z).sum(-1)
         beta = torch.where(active, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
@@ -171,9 +176,13 @@ def _schur_cg(P, r, c, wf, wg, rtol, maxiter, x0):
 
 
 def _gauge(f: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # the representative with Σ f = Σ g: the implicit derivative below is the derivative of
-    # exactly this choice
-    t = (f.sum(-1, keepdim=True) - g.sum(-1, keepdim=True)) / (f.shape[-1] + g.shape[-1])
+    # the representative with Σ f = Σ g over the finite entries (zero weights have −inf
+    # potentials): the implicit derivative below is the derivative of exactly this choice
+    ff, fg = torch.isfinite(f), torch.isfinite(g)
+    sf = torch.where(ff, f, torch.zeros_like(f)).sum(-1, keepdim=True)
+    sg = torch.where(fg, g, torch.zeros_like(g)).sum(-1, keepdim=True)
+    cnt = (ff.sum(-1, keepdim=True) + fg.sum(-1, keepdim=True)).clamp_min(1)
+    t = (sf - sg) / cnt
     return f - t, g + t
 
 
@@ -184,7 +193,7 @@ class _ImplicitPotentials(torch.autograd.Function):
     def forward(ctx, spec: SolveSpec, state: ImplicitState, C, a, b):  # noqa: D102
         sol = solve_potentials(
             a=a, b=b, eps=spec.eps, tol=spec.tol, max_iter=spec.max_iter, C=C,
-            scaling=spec.scaling, init=spec.init, backend=spec.backend, n_threads=spec.n_threads,
+            scaling=spec.scaling, init=spec.init, compiled=spec.compiled, n_threads=spec.n_threads,
         )
         spec.solution = sol
         f, g = _gauge(sol.f.to(C.dtype), sol.g.to(C.dtype))
@@ -197,25 +206,35 @@ class _ImplicitPotentials(torch.autograd.Function):
         spec, state = ctx.spec, ctx.state
         C, f, g = ctx.saved_tensors
         eps = spec.eps
+        # Zero weights (−inf potentials) are outside the system: their plan rows / columns are
+        # exactly zero, so they get identity equations with a zero right-hand side (λ = 0) and
+        # the gauge lives on the support only.
+        rows, cols = torch.isfinite(f), torch.isfinite(g)
         P = _plan(C, f, g, eps)
         r, c = P.sum(-1), P.sum(-2)
         tiny = torch.finfo(C.dtype).tiny
-        r, c = r.clamp_min(tiny), c.clamp_min(tiny)
-        wf = torch.zeros_like(f) if gf is None else gf
-        wg = torch.zeros_like(g) if gg is None else gg
-        n, m = f.shape[-1], g.shape[-1]
-        # drop the component along the gauge direction (1, −1): it does not move the solution
-        t = (wf.sum(-1, keepdim=True) - wg.sum(-1, keepdim=True)) / (n + m)
-        wf, wg = wf - t, wg + t
+        r = torch.where(rows, r.clamp_min(tiny), torch.ones_like(r))
+        c = torch.where(cols, c.clamp_min(tiny), torch.ones_like(c))
+        wf = torch.zeros_like(f) if gf is None else torch.where(rows, gf, torch.zeros_like(gf))
+        wg = torch.zeros_like(g) if gg is None else torch.where(cols, gg, torch.zeros_like(gg))
+        uf, ug = rows.to(f.dtype), cols.to(g.dtype)
+        # drop the component along the gauge direction (1, −1) on the support: it does not move
+        # the solution
+        t = (wf.sum(-1, keepdim=True) - wg.sum(-1, keepdim=True)) / (uf.sum(-1, keepdim=True)
+                                                                       + ug.sum(-1, keepdim=True)).clamp_min(1)
+        wf, wg = wf - t * uf, wg + t * ug
         rtol = state.rtol if state.rtol is not None else (1e-10 if C.dtype == torch.float64 else 1e-5)
         x0 = state._x0 if (state.warm_start and state._x0 is not None
                            and state._x0.shape == wg.shape and state._x0.dtype == wg.dtype
                            and state._x0.device == wg.device) else None
-        lf, lg, its, rel = _schur_cg(P, r, c, wf, wg, rtol, state.maxiter, x0)
+        lf, lg, its, rel = _schur_cg(P, r, c, wf, wg, rtol, state.maxiter, x0, ug)
         state._x0 = lg.detach()
         state.iterations.append(its)
         state.residuals.append(float(rel.max()))
-        lf, lg = _gauge(lf, lg)
+        lf, lg = lf * uf, lg * ug
+        t = ((lf.sum(-1, keepdim=True) - lg.sum(-1, keepdim=True))
+             / (uf.sum(-1, keepdim=True) + ug.sum(-1, keepdim=True)).clamp_min(1))
+        lf, lg = lf - t * uf, lg + t * ug  # the gauge of _gauge, on the support
         need = ctx.needs_input_grad  # (spec, state, C, a, b)
         gC = P * (lf.unsqueeze(-1) + lg.unsqueeze(-2)) if need[2] else None
         ga = eps * lf if need[3] else None

@@ -1,21 +1,22 @@
-"""Forward solvers of the torch layer (no autograd): compiled CPU kernels or batched torch code.
+"""Forward solve of the torch layer: the core Sinkhorn driver on views of the tensors.
 
-Both produce potentials in the project convention ``P_ij = exp((f_i + g_j − C_ij)/ε − 1)`` and
-stop per problem on the L1 error of both marginals (columns are exact after each g-update, so
-the row error is the whole error). The torch path works on ``(B, n, m)`` batches and keeps
-iterating only the problems that have not converged yet.
+CPU tensors become NumPy arrays without a copy (``Tensor.numpy()``), CUDA tensors CuPy arrays
+through DLPack; the core :class:`~otsolve.Sinkhorn` driver solves the batch (point clouds with
+named costs are computed on the fly by the C++ / CUDA kernels, so no dense n x m cost is built)
+and its potentials come back as tensors. Convergence is the core's: measured on the returned
+potentials' plans. Only the unrolled gradient mode iterates in torch (it must record the steps).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from ._costs import COSTS, CostSpec, pairwise_cost
+from ._costs import CostSpec, pairwise_cost
 
-__all__ = ["Solution", "solve_potentials", "epsilon_schedule", "compiled_available"]
+__all__ = ["Solution", "solve_potentials", "core_problem", "annealing_schedule", "compiled_available"]
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Solution:
     f: torch.Tensor  # (B, n)
     g: torch.Tensor  # (B, m)
     n_iter: torch.Tensor  # (B,) int64
-    error: torch.Tensor  # (B,) L1 marginal error of the returned iterate
+    error: torch.Tensor  # (B,) L1 marginal error of the returned potentials' plans (exact)
     converged: torch.Tensor  # (B,) bool
     backend: str
 
@@ -36,114 +37,86 @@ def compiled_available() -> bool:
     return HAVE_COMPILED
 
 
-def epsilon_schedule(eps: float, diameter_cost: float, scaling: float | None) -> list[float]:
-    """Geometric ε-annealing from the cost's scale down to ``eps`` (ratio ``scaling`` per stage).
+def _to_core(t: torch.Tensor):
+    """A NumPy (CPU) or CuPy (CUDA) view of a detached tensor, without a copy."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        return t.contiguous().numpy()
+    if t.device.type == "cuda":
+        import cupy as cp  # noqa: PLC0415  (CUDA tensors need CuPy for the CUDA kernels)
 
-    Returns the intermediate values only (the final ε is solved to tolerance afterwards). This is
-    the warm start GeomLoss uses (one update per stage); ``scaling=None`` disables it.
+        return cp.from_dlpack(t.contiguous())
+    raise ValueError(f"otsolve.torch runs on CPU or CUDA tensors, got a tensor on {t.device}")
+
+
+def _from_core(arr: Any, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(arr, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(device=like.device, dtype=like.dtype)
+    return torch.from_dlpack(arr).to(device=like.device, dtype=like.dtype)
+
+
+def core_problem(a: torch.Tensor, b: torch.Tensor, eps: float, C: torch.Tensor | None = None,
+                 x: torch.Tensor | None = None, y: torch.Tensor | None = None, cost: CostSpec | None = None):
+    """The batch as a core :class:`~otsolve.BatchedLinearProblem` on views of the tensors.
+
+    Named costs stay point clouds (computed on the fly by the kernels); a callable cost is
+    evaluated once in torch (a dense batch of costs).
     """
-    if scaling is None or diameter_cost <= eps:
-        return []
-    out, e = [], diameter_cost
-    while e > eps:
-        out.append(e)
-        e *= scaling
-    return out
+    from ..problems import BatchedLinearProblem  # noqa: PLC0415
 
-
-def _log_weights(w: torch.Tensor) -> torch.Tensor:
-    return torch.log(w)  # log 0 = -inf keeps zero-mass points out of every log-sum-exp
-
-
-def _diameter_cost(x, y, C, cost) -> float:
-    """A bound on the largest cost entry, used to start ε-scaling."""
-    if C is not None:
-        return float((C.amax() - C.amin()).item())
-    lo = torch.minimum(x.amin(dim=(0, 1)), y.amin(dim=(0, 1)))
-    hi = torch.maximum(x.amax(dim=(0, 1)), y.amax(dim=(0, 1)))
-    diam = float(torch.linalg.vector_norm(hi - lo).item())
-    if callable(cost):
-        return float(pairwise_cost(x[:1], y[:1], cost).abs().amax().item())
-    kind, scale = COSTS[cost]
-    return scale * (diam**2 if kind == 0 else diam)
+    with torch.no_grad():
+        if C is None and callable(cost):
+            C = pairwise_cost(x, y, cost)
+        if C is not None:
+            return BatchedLinearProblem(_to_core(C), _to_core(a), _to_core(b), eps)
+        return BatchedLinearProblem(None, _to_core(a), _to_core(b), eps, x=_to_core(x), y=_to_core(y), cost_fn=cost)
 
 
 def solve_potentials(
     *, a: torch.Tensor, b: torch.Tensor, eps: float, tol: float, max_iter: int,
     C: torch.Tensor | None = None, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
     cost: CostSpec | None = None, scaling: float | None = None,
-    init: tuple[torch.Tensor, torch.Tensor] | None = None, backend: str = "auto", n_threads: int = 0,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None, compiled: bool = True, n_threads: int = 0,
 ) -> Solution:
-    """Solve a batch of entropic OT problems without recording a graph.
+    """Solve a batch of entropic OT problems with the core driver, without recording a graph.
 
     Give either ``C`` ``(B, n, m)`` or point clouds ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)`` with a
-    ``cost``. ``backend``: "compiled" (C++ kernels, CPU float32/float64, named costs or dense C),
-    "torch" (any device, batched log-domain code) or "auto" (compiled when possible).
+    ``cost``. ``scaling``: decay in (0, 1) of the core's ε-scaling (None: off). ``compiled``:
+    the compiled kernels (C++ / CUDA) or the NumPy reference.
     """
+    from ..solvers.sinkhorn import Sinkhorn  # noqa: PLC0415
+
     with torch.no_grad():
-        ref = C if C is not None else x
-        use_compiled = backend == "compiled" or (
-            backend == "auto" and ref.device.type == "cpu" and compiled_available()
-            and (C is not None or not callable(cost))
+        problem = core_problem(a, b, eps, C, x, y, cost)
+        solver = Sinkhorn(tol=tol, max_iter=int(max_iter), epsilon_scaling=False if scaling is None else scaling,
+                          n_threads=int(n_threads), compiled=compiled, warn=False)
+        start = None if init is None else (_to_core(init[0].to(torch.float64)), _to_core(init[1].to(torch.float64)))
+        res = solver(problem, start)
+        ref = a
+        dev = ref.device
+        return Solution(
+            f=_from_core(res.f, ref), g=_from_core(res.g, ref),
+            n_iter=torch.as_tensor(res.n_iter_each, dtype=torch.int64, device=dev),
+            error=torch.as_tensor(res.marginal_errors, dtype=torch.float64, device=dev),
+            converged=torch.as_tensor(res.converged_each, dtype=torch.bool, device=dev),
+            backend="cupy" if res.backend == "cupy" else ("compiled" if compiled else "reference"),
         )
-        if use_compiled and not compiled_available():
-            raise ValueError("backend='compiled' needs the compiled kernels (otsolve._ext_sinkhorn)")
-        if use_compiled and (ref.device.type != "cpu" or (C is None and callable(cost))):
-            raise ValueError("backend='compiled' needs CPU tensors and a named cost (or a cost matrix)")
-        diam = _diameter_cost(x, y, C, cost) if scaling is not None else 0.0
-        schedule = epsilon_schedule(eps, diam, scaling)
-        if use_compiled:
-            return _solve_compiled(a, b, eps, tol, max_iter, C, x, y, cost, schedule, init, n_threads)
-        return _solve_torch(a, b, eps, tol, max_iter, C, x, y, cost, schedule, init)
 
 
-def _solve_compiled(a, b, eps, tol, max_iter, C, x, y, cost, schedule, init, n_threads) -> Solution:
-    from ..kernels import get_sinkhorn_kernels
+def annealing_schedule(problem, eps: float, scaling: float | None) -> list[float]:
+    """The ε values of the core's ε-scaling above the target (empty without scaling): the
+    stages the unrolled mode passes through, one recorded update each."""
+    if scaling is None:
+        return []
+    from ..solvers.sinkhorn import epsilon_schedule  # noqa: PLC0415
 
-    K = get_sinkhorn_kernels()
-    B, n = a.shape
-    m = b.shape[1]
-    F = np.zeros((B, n))
-    G = np.zeros((B, m))
-    if init is not None:
-        F[:] = init[0].detach().cpu().double().numpy()
-        G[:] = init[1].detach().cpu().double().numpy()
-    n_iter = np.zeros(B, dtype=np.int64)
-    err = np.zeros(B)
-    conv = np.zeros(B, dtype=bool)
-    la = np.log(a.detach().double().cpu().numpy())
-    lb = np.log(b.detach().double().cpu().numpy())
-    for k in range(B):  # each problem runs to its own tolerance
-        if C is not None:
-            args = (np.ascontiguousarray(C[k].numpy()),)
-            run = K.sinkhorn_dense
-        else:
-            kind, scale = COSTS[cost]
-            # .numpy() shares memory with the tensor (zero copy); only Y is transposed (m x d).
-            args = (x[k].contiguous().numpy(), y[k].t().contiguous().numpy(), kind, scale)
-            run = K.sinkhorn_pointcloud
-        f, g = F[k], G[k]
-        # OpenMP barriers cost more than they save on small problems (and much more on a loaded
-        # machine), so small problems run on one thread unless the caller says otherwise
-        nt = n_threads if n_threads > 0 or n * m >= 250_000 else 1
-        its = 0
-        for e in schedule:  # one update per annealing stage (a warm start, not a solve)
-            run(*args, la[k], lb[k], f, g, e, 1, 0.0, nt)
-            its += 1
-        # omega=-1: the kernels' adaptive over-relaxation (same fixed point, fewer iterations)
-        it, status, errors = run(*args, la[k], lb[k], f, g, eps, max_iter, tol, nt, -1.0)
-        n_iter[k] = its + it
-        err[k] = errors[-1] if len(errors) else np.inf
-        conv[k] = status == 0
-    dt = a.dtype
-    return Solution(
-        f=torch.from_numpy(F).to(dt), g=torch.from_numpy(G).to(dt), n_iter=torch.from_numpy(n_iter),
-        error=torch.from_numpy(err), converged=torch.from_numpy(conv), backend="compiled",
-    )
+    start = max(problem.geometry(p).cost_range() for p in range(problem.B))
+    return epsilon_schedule(eps, max(start, eps), scaling)[:-1]
 
 
 def _update(Cs, la, lb, f, g, eps):
-    """One Sinkhorn iteration; also returns the row error of the iterate entering it."""
+    """One log-domain Sinkhorn iteration recorded by autograd (the unrolled gradient mode);
+    also returns the row error of the iterate entering it."""
     lse_r = torch.logsumexp((g.unsqueeze(-2) - Cs) / eps, dim=-1)
     # row masses of the entering plan; the clamp keeps exp finite (the error is then just large)
     mass = torch.exp(torch.clamp(f / eps - 1.0 + lse_r, max=80.0))
@@ -152,43 +125,3 @@ def _update(Cs, la, lb, f, g, eps):
     g_new = eps * (lb + 1.0 - torch.logsumexp((f_new.unsqueeze(-1) - Cs) / eps, dim=-2))
     return f_new, g_new, err
 
-
-def _solve_torch(a, b, eps, tol, max_iter, C, x, y, cost, schedule, init) -> Solution:
-    if C is None:
-        C = pairwise_cost(x, y, cost)
-    B, n, m = C.shape
-    dt, dev = C.dtype, C.device
-    la, lb = _log_weights(a), _log_weights(b)
-    if init is not None:
-        f = init[0].detach().to(dt).clone()
-        g = init[1].detach().to(dt).clone()
-    else:
-        f = torch.zeros(B, n, dtype=dt, device=dev)
-        g = torch.zeros(B, m, dtype=dt, device=dev)
-    for e in schedule:
-        f, g, _ = _update(C, la, lb, f, g, e)
-    n_iter = torch.full((B,), len(schedule), dtype=torch.int64, device=dev)
-    err = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
-    conv = torch.zeros(B, dtype=torch.bool, device=dev)
-    active = torch.arange(B, device=dev)
-    Ca, laa, lba, fa, ga = C, la, lb, f, g
-    for it in range(max_iter + 1):
-        f_new, g_new, e = _update(Ca, laa, lba, fa, ga, eps)
-        err[active] = e.double()
-        done = (e <= tol) | ~torch.isfinite(e)
-        if it == max_iter:
-            done = torch.ones_like(done)
-        if bool(done.any()):
-            idx = active[done]
-            f[idx], g[idx] = fa[done], ga[done]  # keep the measured iterate
-            conv[idx] = e[done] <= tol
-            keep = ~done
-            if not bool(keep.any()):
-                break
-            # shrink the batch once, so converged problems cost nothing afterwards
-            active = active[keep]
-            Ca, laa, lba = Ca[keep], laa[keep], lba[keep]
-            f_new, g_new = f_new[keep], g_new[keep]
-        fa, ga = f_new, g_new
-        n_iter[active] += 1
-    return Solution(f=f, g=g, n_iter=n_iter, error=err, converged=conv, backend="torch")

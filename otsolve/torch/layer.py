@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._validation import check_epsilon, check_n_threads, check_positive_int, check_tol
 from ._costs import CostSpec, pairwise_cost, resolve_cost
 from ._grad import ImplicitState, SolveSpec, envelope_value, implicit_potentials, refuse_grad
-from ._solve import _diameter_cost, _update, epsilon_schedule
+from ._solve import _update, annealing_schedule, core_problem
 
 __all__ = ["GRAD_MODES", "SinkhornOutput", "sinkhorn", "sinkhorn_divergence", "SinkhornLoss"]
 
@@ -186,8 +187,9 @@ class SinkhornOutput:
 
 def _dual_value(a, b, C, f, g, eps):
     """``<a, f> + <b, g> − ε Σ P`` with ``0 · (−inf) = 0`` for zero weights."""
-    af = torch.where(a > 0, a * f, torch.zeros_like(f)).sum(-1)
-    bg = torch.where(b > 0, b * g, torch.zeros_like(g)).sum(-1)
+    # mask f / g before multiplying: where(a > 0, a * f, 0) would backpropagate 0 * (-inf) = NaN
+    af = (a * torch.where(a > 0, f, torch.zeros_like(f))).sum(-1)
+    bg = (b * torch.where(b > 0, g, torch.zeros_like(g))).sum(-1)
     return af + bg - eps * _plan(C, f, g, eps).sum((-1, -2))
 
 
@@ -224,13 +226,13 @@ def _unrolled(C, a, b, eps, tol, max_iter, schedule, init):
     return f, g, Solution(f=f, g=g, n_iter=n_iter, error=err, converged=conv, backend="torch-unroll")
 
 
-def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, backend, state,
+def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, compiled, state,
            C=None, x=None, y=None, cost=None, batched=True, inputs=(), n_threads=0):
     """Shared driver: batch tensors in, :class:`SinkhornOutput` (batched) out."""
     dense = C is not None
     C_fn = (lambda: C) if dense else (lambda: pairwise_cost(x, y, cost))
     spec = SolveSpec(eps=eps, tol=tol, max_iter=max_iter, cost=cost, scaling=scaling,
-                     backend=backend, init=init, n_threads=int(n_threads))
+                     compiled=compiled, init=init, n_threads=int(n_threads))
     if grad in ("envelope", "detach"):
         if grad == "detach":
             a, b = a.detach(), b.detach()
@@ -247,10 +249,8 @@ def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, backend, state,
             f, g = implicit_potentials(spec, state, Cd, a, b)
             sol = spec.solution
         else:  # unroll
-            if backend == "compiled":
-                raise ValueError("grad='unroll' records torch operations; use backend='torch' or 'auto'")
-            diam = _diameter_cost(x, y, None if C is None else C.detach(), cost) if scaling else 0.0
-            f, g, sol = _unrolled(Cd, a, b, eps, tol, max_iter, epsilon_schedule(eps, diam, scaling), init)
+            stages = annealing_schedule(core_problem(a, b, eps, None if C is None else C, x, y, cost), eps, scaling)
+            f, g, sol = _unrolled(Cd, a, b, eps, tol, max_iter, stages, init)
         value = _dual_value(a, b, Cd, f, g, eps)
         C_fn = lambda: Cd  # noqa: E731  (reuse the differentiable cost matrix)
     out = SinkhornOutput(value=value, f=f, g=g, C_fn=C_fn, eps=eps, sol=sol, grad=grad,
@@ -277,9 +277,10 @@ def sinkhorn(
     max_iter: int = 1000,
     epsilon_scaling: float | None = None,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
-    backend: str = "auto",
+    compiled: bool = True,
     implicit_state: ImplicitState | None = None,
     n_threads: int = 0,
+    backend: str | None = None,
 ) -> SinkhornOutput:
     """Entropic OT between weights ``a``, ``b`` for the cost ``C``, differentiable in torch.
 
@@ -306,12 +307,16 @@ def sinkhorn(
     max_iter : int
         Iteration cap (per problem).
     epsilon_scaling : float, optional
-        Ratio in (0, 1) of a geometric ε-annealing warm start (one update per stage).
+        Decay in (0, 1) of the core solver's ε-scaling (:class:`otsolve.Sinkhorn`'s
+        ``epsilon_scaling``): stages from the cost's range down to ε, each warm-starting the next.
     init : (Tensor, Tensor), optional
         Warm-start potentials ``(f, g)`` with the batch shape of the problem.
-    backend : {"auto", "compiled", "torch"}
-        "compiled" runs the C++ kernels on CPU tensors (zero-copy views); "torch" runs batched
-        log-domain torch code on any device; "auto" picks compiled for CPU tensors.
+    compiled : bool, default True
+        The forward solve is the core :class:`otsolve.Sinkhorn` driver on views of the tensors
+        (CPU tensors: NumPy without a copy, C++ kernels; CUDA tensors: CuPy through DLPack, CUDA
+        kernels). False uses the NumPy reference kernels (CPU tensors; for checks).
+    backend : str, optional
+        Deprecated spelling of ``compiled`` ("auto"/"compiled" mean ``compiled=True``).
     implicit_state : ImplicitState, optional
         CG settings and warm start of the implicit backward pass (reuse one across steps).
     n_threads : int
@@ -342,9 +347,9 @@ def sinkhorn(
     _check_mass(a_, b_)
     tol = _default_tol(Cb.dtype) if tol is None else check_tol(tol)
     init = _init(init, B, n, m, batched)
-    _check_backend(backend, Cb)
+    compiled = _check_compiled(compiled, backend, Cb)
     return _solve(a=a_, b=b_, eps=eps, grad=grad, tol=tol, max_iter=check_positive_int(max_iter, "max_iter", 0),
-                  scaling=_scaling(epsilon_scaling), init=init, backend=backend,
+                  scaling=_scaling(epsilon_scaling), init=init, compiled=compiled,
                   state=implicit_state, C=Cb, batched=batched, inputs=(a, b, C),
                   n_threads=check_n_threads(n_threads))
 
@@ -358,11 +363,22 @@ def _scaling(s):
     return s
 
 
-def _check_backend(backend: str, ref: torch.Tensor) -> None:
-    if backend not in ("auto", "compiled", "torch"):
-        raise ValueError(f"backend must be 'auto', 'compiled' or 'torch', got {backend!r}")
-    if backend == "compiled" and ref.device.type != "cpu":
-        raise ValueError(f"backend='compiled' runs on CPU tensors; got a tensor on {ref.device}")
+def _check_compiled(compiled: Any, backend: str | None, ref: torch.Tensor) -> bool:
+    """``compiled`` as a bool; ``backend`` is its deprecated spelling."""
+    if backend is not None:
+        import warnings  # noqa: PLC0415
+
+        if backend not in ("auto", "compiled", "torch"):
+            raise ValueError(f"backend must be 'auto' or 'compiled' (deprecated; use compiled=True/False), got {backend!r}")
+        warnings.warn("otsolve.torch: `backend` is deprecated, use `compiled` (the forward solve is always the "
+                      "core Sinkhorn driver; backend='torch' no longer exists and runs it too)",
+                      DeprecationWarning, stacklevel=3)
+        compiled = True
+    if not isinstance(compiled, (bool, np.bool_)):
+        raise ValueError(f"compiled must be True or False, got {compiled!r}")
+    if not compiled and ref.device.type != "cpu":
+        raise ValueError(f"compiled=False (the NumPy reference) runs on CPU tensors; got a tensor on {ref.device}")
+    return bool(compiled)
 
 
 def _init(init, B, n, m, batched):
@@ -412,11 +428,12 @@ def sinkhorn_divergence(
     tol: float | None = None,
     max_iter: int = 1000,
     epsilon_scaling: float | None = None,
-    backend: str = "auto",
+    compiled: bool = True,
     implicit_state: ImplicitState | None = None,
     init: dict | None = None,
     return_outputs: bool = False,
     n_threads: int = 0,
+    backend: str | None = None,
 ):
     """Sinkhorn divergence between weighted point clouds (Feydy et al., AISTATS 2019).
 
@@ -436,7 +453,7 @@ def sinkhorn_divergence(
         Weights (uniform when None), probability vectors.
     cost : {"sqeuclidean", "half_sqeuclidean", "euclidean"} or callable
         Ground cost; a callable ``(x, y) -> C`` works on batches ``(B, n, d)`` and uses the torch path.
-    debias, grad, tol, max_iter, epsilon_scaling, backend, implicit_state, n_threads
+    debias, grad, tol, max_iter, epsilon_scaling, compiled, implicit_state, n_threads, backend
         As in :func:`sinkhorn`; ``grad="envelope"`` keeps memory O(n + m) on the CPU kernels.
     init : dict, optional
         Warm starts ``{"xy": (f, g), "xx": ..., "yy": ...}`` (batch shapes), e.g. from the previous
@@ -470,11 +487,11 @@ def sinkhorn_divergence(
     b_ = _weights(b, B, m, batched, xb, "b")
     _check_mass(a_, b_)
     tol = _default_tol(xb.dtype) if tol is None else check_tol(tol)
-    _check_backend(backend, xb)
+    compiled = _check_compiled(compiled, backend, xb)
     scaling = _scaling(epsilon_scaling)
     init = init or {}
     common = dict(eps=eps, grad=grad, tol=tol, max_iter=check_positive_int(max_iter, "max_iter", 0), scaling=scaling,
-                  backend=backend, state=implicit_state, cost=cost, batched=True,
+                  compiled=compiled, state=implicit_state, cost=cost, batched=True,
                   n_threads=check_n_threads(n_threads))
     inputs = (x, y, a, b)
     outs = {"xy": _solve(a=a_, b=b_, x=xb, y=yb, init=init.get("xy"), inputs=inputs, **common)}
@@ -511,7 +528,8 @@ class SinkhornLoss(torch.nn.Module):
         (batch size, cloud sizes), dtype and device match (the others start cold)
         (training loops move the clouds a little per step, so fewer iterations are needed).
     **options
-        ``tol``, ``max_iter``, ``epsilon_scaling``, ``backend``, ``implicit_state``, ``n_threads``.
+        ``tol``, ``max_iter``, ``epsilon_scaling``, ``compiled``, ``implicit_state``, ``n_threads``
+        (``backend``: deprecated spelling of ``compiled``).
     """
 
     def __init__(self, epsilon: float = 0.05, cost: CostSpec = "sqeuclidean", debias: bool = True,
@@ -522,7 +540,7 @@ class SinkhornLoss(torch.nn.Module):
         self.debias = bool(debias)
         self.grad = _mode(grad)
         self.warm_start = bool(warm_start)
-        allowed = {"tol", "max_iter", "epsilon_scaling", "backend", "implicit_state", "n_threads"}
+        allowed = {"tol", "max_iter", "epsilon_scaling", "compiled", "backend", "implicit_state", "n_threads"}
         unknown = set(options) - allowed
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
