@@ -386,7 +386,8 @@ def test_registry_and_export(rng):
     (dict(tol=-1.0), "tol"), (dict(k_row=0), "k_row"), (dict(density=1.5), "density"),
     (dict(n_sinkhorn=-1), "n_sinkhorn"), (dict(cg_rtol=0.0), "cg_rtol"),
     (dict(max_iter=2.5), "max_iter"), (dict(switch_tol=float("nan")), "switch_tol"),
-    (dict(cg_maxiter=0), "cg_maxiter"),
+    (dict(cg_maxiter=0), "cg_maxiter"), (dict(max_fallbacks=0), "max_fallbacks"),
+    (dict(max_memory=float("inf")), "max_memory"), (dict(n_threads=-1), "n_threads"),
 ])
 def test_bad_options(opts, match):
     with pytest.raises(ValueError, match=match):
@@ -488,3 +489,102 @@ def test_near_permutation_small_n_converges(seed):
     assert res.converged and res.direct_solves >= 1 and res.n_newton <= 40
     P = res.plan
     assert np.abs(P.sum(1) - 1 / n).sum() + np.abs(P.sum(0) - 1 / n).sum() <= 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# fail fast, memory, the contract of `converged` (issue 14)
+# ---------------------------------------------------------------------------------------------
+def test_hopeless_epsilon_fails_fast_and_says_why():
+    """300 x 200 squared distances at eps = 1e-6 (5.6e-7 x the cost range): every Newton step
+    fails. SNS used to run 100 of them with Sinkhorn blocks in between (24-65 s); now it stops
+    after 3 fallbacks in a row, says why and what to use instead."""
+    rng = np.random.default_rng(0)
+    geom = otsolve.PointCloud(rng.random((300, 2)), rng.random((200, 2)))
+    prob = otsolve.LinearProblem(geom, epsilon=1e-6)
+    with pytest.warns(RuntimeWarning, match="epsilon_scaling=True"):
+        res = SinkhornNewtonSparse()(prob)
+    assert not res.converged and res.status == "newton_failed"
+    assert "too small for Newton steps" in res.message and "cost range" in res.message
+    # 3 fallbacks in a row (2 Sinkhorn blocks between them), not 100 Newton steps
+    assert len(res.fallbacks) == 2 and res.n_sinkhorn <= 60 and res.n_newton <= 30
+    # with more patience it keeps trying (and here still does not get there in 40 steps)
+    res2 = SinkhornNewtonSparse(max_fallbacks=100, max_iter=40, warn=False)(prob)
+    assert res2.status == "max_iter" and len(res2.fallbacks) > 2
+    # what is returned is the best iterate met, and its error is measured from scratch
+    assert np.isfinite(res.marginal_error) and res.marginal_error <= min(res.errors) * (1 + 1e-9)
+    P = res.plan
+    assert abs(res.marginal_error - (np.abs(P.sum(1) - prob.a).sum() + np.abs(P.sum(0) - prob.b).sum())) < 1e-9
+
+
+def test_failure_count_resets_only_on_newton_progress():
+    """The fail-fast rule counts fallbacks in a row; a Newton step that reaches a new smallest
+    error resets it, a Sinkhorn block that lowers the error only if it halves it."""
+    from otsolve.solvers.sns import NewtonState
+
+    x, y = np.zeros(3), np.zeros(2)
+    st = NewtonState(3, 2, x, y)
+    st.observe(1.0, 0, x, y)
+    st.failures = 2
+    st.observe(0.5, 1, x, y, after_newton_step=False)  # new best after a Sinkhorn block
+    assert st.failures == 2 and st.best[0] == 0.5
+    st.observe(0.7, 2, x, y, after_newton_step=True)  # Newton step, no new best
+    assert st.failures == 2
+    st.observe(0.1, 3, x, y, after_newton_step=True)  # Newton progress
+    assert st.failures == 0 and st.best[0] == 0.1
+    # fallbacks: counted in a row unless the smallest error halves between them
+    assert st.fallback() == 1
+    st.observe(0.09, 4, x, y)
+    assert st.fallback() == 2
+    st.observe(0.04, 5, x, y)  # e.g. the Sinkhorn block in between more than halved the error
+    assert st.fallback() == 1
+    st.observe(0.035, 6, x, y)
+    assert st.fallback() == 2 and st.fallback() == 3
+
+
+def test_memory_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    """A 30,000-point cloud would need a 6.7 GiB dense cost for the Newton stage: refused with
+    the figures (bytes needed, the limit), before anything large is allocated."""
+    from otsolve._validation import InsufficientMemoryError
+    import otsolve.backends.sns_kernels as sk
+
+    rng = np.random.default_rng(0)
+    geom = otsolve.PointCloud(rng.random((30_000, 2)))
+    prob = otsolve.LinearProblem(geom, epsilon=1e-3)
+    with pytest.raises(ValueError, match=r"needs about 6\.\d+ GiB \(7,2\d\d,\d{3},\d{3} bytes\).*max_memory is"):
+        SinkhornNewtonSparse(max_memory=4e9)(prob)
+    # default limit: the memory available now
+    monkeypatch.setattr(sk, "available_memory", lambda: 2**30)
+    with pytest.raises(InsufficientMemoryError, match=r"the available memory is 1 GiB"):
+        SinkhornNewtonSparse()(prob)
+    # a small problem fits, and its own budget is honoured too
+    C = rng.random((60, 50))
+    assert SinkhornNewtonSparse()(otsolve.LinearProblem(C, epsilon=0.05)).converged
+    with pytest.raises(ValueError, match="max_memory"):
+        SinkhornNewtonSparse(max_memory=1e3)(otsolve.LinearProblem(C, epsilon=0.05))
+    with pytest.raises(ValueError, match="max_memory"):
+        SinkhornNewtonSparse(max_memory=-1.0)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(max_iter=1, n_sinkhorn=2, auto_switch=False),
+                                  dict(tol=1e-13, max_iter=3)])
+def test_converged_means_the_returned_plan_meets_tol(rng, opts):
+    C, a, b = random_problem(rng, 80, 70)
+    prob = otsolve.LinearProblem(C, a, b, epsilon=0.004)
+    res = SinkhornNewtonSparse(warn=False, **opts)(prob)
+    P = res.plan
+    err = np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum()
+    np.testing.assert_allclose(res.marginal_error, err, rtol=1e-6, atol=1e-15)
+    assert res.converged == bool(np.isfinite(err) and err <= res.tol)
+    assert res.converged == (res.status == "converged")
+
+
+def test_zero_weights_on_a_point_cloud_materialise_only_the_support(rng):
+    x, y = rng.random((40, 2)), rng.random((30, 2))
+    a, b = np.full(40, 1 / 38), np.full(30, 1 / 29)
+    a[[3, 17]] = 0
+    b[5] = 0
+    prob = otsolve.LinearProblem(otsolve.PointCloud(x, y), a, b, epsilon=0.002)
+    res = SinkhornNewtonSparse(tol=1e-10, n_sinkhorn=5, auto_switch=False)(prob)
+    ref = sinkhorn_reference(otsolve.PointCloud(x, y).cost_matrix, a, b, 0.002)
+    assert res.converged and res.n_newton > 0 and np.isneginf(res.f[[3, 17]]).all()
+    np.testing.assert_allclose(res.plan, ref.plan, atol=1e-10)

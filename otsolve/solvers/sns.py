@@ -31,12 +31,11 @@ __all__ = ["SinkhornNewtonSparse", "get_sns_kernels", "direct_newton_solve", "Ne
 # Armijo sufficient-increase constant and the smallest step tried before giving up.
 _ARMIJO_C = 1e-4
 _ALPHA_MIN = 2.0**-30
+# Largest change of a potential, in units of eps, tried first by the line search.
+_MAX_SHIFT = 100.0
 # Newton steps without a new smallest marginal error before a Sinkhorn block is run (the
 # error of Newton iterates on F is not monotone, so one bad step is no evidence).
 _PATIENCE = 5
-# Fallbacks (failed Newton steps or stagnation) in a row, with no Newton step making a new
-# smallest error in between, after which SNS gives up: epsilon is hopeless for Newton steps.
-_MAX_FAILURES = 3
 # Kept-mass fraction below which the plan counts as dense for the automatic switch.
 _DENSE_KEPT = 0.9
 # Inexact-Newton forcing term: CG relative residual min(_FORCING_MAX, err**_FORCING_POW).
@@ -60,6 +59,7 @@ class NewtonState:
         self.step_errs: list[float] = []
         self.small = n + m <= DIRECT_MAX
         self.failures = 0
+        self._fail_ref = np.inf  # smallest error at the previous fallback
 
     def observe(self, err: float, n_newton: int, x, y, after_newton_step: bool = False) -> None:
         """Record the error of the current iterate (x, y)."""
@@ -83,6 +83,17 @@ class NewtonState:
                f"{kept_mass[-1]:.3f}); k_row {k} -> {k_new}")
         self.step_errs = []
         return k_new, msg
+
+    def fallback(self) -> int:
+        """Count a fallback (failed Newton step or stagnation); returns the fallbacks in a row
+        without progress: the count restarts when a Newton step reached a new smallest error
+        (:meth:`observe`) or the smallest error halved since the previous fallback (the
+        Sinkhorn blocks in between are making real progress)."""
+        if self.best[0] <= 0.5 * self._fail_ref:
+            self.failures = 0
+        self._fail_ref = self.best[0]
+        self.failures += 1
+        return self.failures
 
     @property
     def stagnated(self) -> bool:
@@ -180,6 +191,9 @@ class SinkhornNewtonSparse:
         plans at small n make the sparsified Hessian too ill-conditioned for Jacobi-PCG.
     max_sinkhorn : int, default 10000
         Total Sinkhorn iterations (warm-up, automatic extension and fallbacks together).
+    max_fallbacks : int, default 3
+        Fail fast: give up (status ``"newton_failed"``) after this many fallbacks in a row
+        without progress (see Notes).
     max_memory : float, optional
         Bytes the solve may allocate (the dense cost of the Newton stage when it is not already
         a dense matrix, the Newton systems, the direct-solve matrices; the Sinkhorn blocks' stored
@@ -210,8 +224,8 @@ class SinkhornNewtonSparse:
     When a Newton step fails (no acceptable step or no ascent direction: then ``k_row`` is
     doubled too) or no new smallest error comes in 5 Newton steps, the solver runs a block of
     over-relaxed Sinkhorn iterations from the current iterate; each event is listed in
-    ``result.fallbacks``. After 3 such fallbacks in a row with no Newton step reaching a new
-    smallest error in between, SNS gives up (status ``"newton_failed"``, ``converged=False``, a
+    ``result.fallbacks``. After ``max_fallbacks`` such fallbacks in a row, with no Newton step
+    reaching a new smallest error and the smallest error not halving in between, SNS gives up (status ``"newton_failed"``, ``converged=False``, a
     RuntimeWarning): ε is too small for Newton steps from this start (the plan's entries span
     more than the floating-point range, line searches and direct solves fail); the message
     gives ε relative to the cost range and suggests :class:`~otsolve.Sinkhorn` with
@@ -243,6 +257,7 @@ class SinkhornNewtonSparse:
     cg_rtol: float = 1e-10
     cg_maxiter: int | None = None
     max_sinkhorn: int = 10_000
+    max_fallbacks: int = 3
     max_memory: float | None = None
     n_threads: int = 0
     compiled: bool = True
@@ -264,6 +279,7 @@ class SinkhornNewtonSparse:
         if self.cg_maxiter is not None:
             _check_int(self.cg_maxiter, "cg_maxiter", 1)
         _check_int(self.max_sinkhorn, "max_sinkhorn", 0)
+        _check_int(self.max_fallbacks, "max_fallbacks", 1)
         if self.max_memory is not None:
             _check_pos(self.max_memory, "max_memory")
         object.__setattr__(self, "n_threads", check_n_threads(self.n_threads))
@@ -380,7 +396,8 @@ class SinkhornNewtonSparse:
             rel = f"epsilon = {eps:.3g}"
         return (f"Newton steps fail at this epsilon ({failures} fallbacks in a row without "
                 f"progress; last: {fail}): {rel}, too small for Newton steps from this start. Use "
-                f"otsolve.Sinkhorn(epsilon_scaling=True) or a larger epsilon")
+                f"otsolve.Sinkhorn(epsilon_scaling=True) or a larger epsilon (or raise "
+                f"max_fallbacks to keep trying)")
 
     def _solve(self, K, eps: float, x, y, tol: float, k: int, t0: float) -> dict:
         from .sinkhorn import Sinkhorn  # noqa: PLC0415  (public interface only)
@@ -536,8 +553,7 @@ class SinkhornNewtonSparse:
             # that gave no acceptable step is made denser. Fallbacks in a row without a Newton
             # step reaching a new smallest error: epsilon is hopeless for Newton, give up.
             rec["n_newton"] += 1
-            state.failures += 1
-            if state.failures >= _MAX_FAILURES:
+            if state.fallback() >= self.max_fallbacks:
                 status, message = "newton_failed", self._hopeless_message(K, eps, fail, state.failures)
                 break
             k_new = min(2 * k, K.k_max) if not stagnated else k
@@ -575,8 +591,15 @@ class SinkhornNewtonSparse:
         adx, bdy = float(a @ dx), float(b @ dy)
         F0 = -eps * S_cur.mass + ax + by
         noise = 64 * np.finfo(float).eps * (abs(ax) + abs(by) + eps * S_cur.mass + abs(F0))
-        alpha = 1.0
-        while alpha >= _ALPHA_MIN:
+        # First trial: a full step, or one that changes no exponent (x_i + y_j)/eps by more than
+        # 2 * _MAX_SHIFT. When the plan splits into nearly disconnected blocks the sparsified
+        # Hessian is nearly singular along their relative shift and |dz| reaches 1e15 eps: a
+        # step of a few dozen eps along it is what moves mass between the blocks, far below
+        # what halving from 1 reaches.
+        big = float(max(xp.abs(dx).max(), xp.abs(dy).max())) / eps
+        alpha = 1.0 if not big > _MAX_SHIFT else _MAX_SHIFT / big
+        alpha_min = alpha * _ALPHA_MIN
+        while alpha >= alpha_min:
             if K.form(S_try, x, y, dx, dy, alpha):
                 F = -eps * S_try.mass + ax + by + alpha * (adx + bdy)
                 if F >= F0 + _ARMIJO_C * alpha * slope:
