@@ -73,7 +73,7 @@ def _lr_for(eps, args):
 
 
 def run_cell(D, eps, args):
-    bench = eot_mixture(D, eps, seed=args.seed, n_test=args.n_test,
+    bench = eot_mixture(D, eps, rng=args.seed, n_test=args.n_test,
                         diagonal_potential=args.diagonal_potential)
     with _Timer() as tg:
         pool0 = bench.sample_input(args.pool, rng=1)
@@ -85,17 +85,17 @@ def run_cell(D, eps, args):
     else:
         src, tgt = pool0, pool1
     with _Timer() as tf:
-        model.fit(src, tgt, n_steps=args.steps, batch_size=128, seed=42, progress=False,
+        model.fit(src, tgt, n_steps=args.steps, batch_size=128, rng=42, progress=False,
                   lr=_lr_for(eps, args), schedule=args.schedule)
     with _Timer() as tm:
-        uvp = cbw2_uvp(model, bench, n_samples=args.n_samples, seed=0)
+        uvp = cbw2_uvp(model, bench, n_samples=args.n_samples, rng=0)
     uvp_exact = cbw2_uvp(model, bench, moments="exact")
 
     class Truth:  # the floor of the sample-based metric
-        def sample(self, x, n, seed=None):
-            return bench.sample_conditional(x, n=n, rng=seed)
+        def sample(self, x, n, rng=None):
+            return bench.sample_conditional(x, n=n, rng=rng)
 
-    floor = cbw2_uvp(Truth(), bench, n_samples=args.n_samples, seed=0)
+    floor = cbw2_uvp(Truth(), bench, n_samples=args.n_samples, rng=0)
     with _Timer() as tp:
         peer = DiscreteEOT(pool0[: args.peer_n], pool1[: args.peer_n], eps, args.peer_iter)
         m, c = peer.conditional_moments(bench.test_inputs)

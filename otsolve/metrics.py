@@ -2,11 +2,13 @@
 (Gushchin et al., NeurIPS 2023 D&B, arXiv:2306.10161; used by LightSB, ICLR 2024)."""
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Any
 
 import numpy as np
 
-from ._validation import check_positive_int
+from ._validation import as_rng, check_positive_int, renamed_kwarg
 
 __all__ = ["bures_wasserstein2", "bw2_uvp", "cbw2_uvp"]
 
@@ -47,14 +49,30 @@ def bw2_uvp(samples, target_samples) -> float:
     return 100.0 * bures_wasserstein2(x.mean(0), Sx, y.mean(0), Sy) / float(np.trace(Sy))
 
 
+def _sample(model: Any, x, n: int, rng: np.random.Generator):
+    """``model.sample(x, n=n, rng=rng)``; models written for the old ``seed=`` protocol still work
+    (with a DeprecationWarning)."""
+    try:
+        params = inspect.signature(model.sample).parameters
+    except (TypeError, ValueError):  # builtins / C extensions: assume the current protocol
+        params = {"rng": None}
+    if "rng" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return model.sample(x, n=n, rng=rng)
+    warnings.warn(f"{type(model).__name__}.sample has no rng= parameter; calling it with seed= "
+                  "(deprecated protocol: name it rng)", DeprecationWarning, stacklevel=3)
+    return model.sample(x, n=n, seed=rng)
+
+
 def cbw2_uvp(
     model: Any,
     bench: Any,
     n_test: int | None = None,
     n_samples: int = 1000,
-    seed: Any = 0,
+    rng: Any = 0,
     moments: str = "sample",
     chunk: int = 20,
+    *,
+    seed: Any = None,
 ) -> float:
     """Conditional BW2²-UVP (%), the cB-W2-UVP of the EOT benchmark::
 
@@ -65,24 +83,29 @@ def cbw2_uvp(
 
     Parameters
     ----------
-    model : object with ``sample(x, n=..., seed=...) -> (B, n, D)``
+    model : object with ``sample(x, n=..., rng=...) -> (B, n, D)``
         (``moments="exact"`` instead uses ``model.conditional_moments(x)``, e.g. of a LightSB).
     bench : :class:`otsolve.benchmarks.EOTMixture`
     n_test : int, optional
         Use the first ``n_test`` test inputs (default: all, 1000).
     n_samples : int
         Model samples per test input (the paper: 1000).
-    seed : int or Generator
+    rng : int, Generator or None
+        Randomness of the model's samples (``np.random.default_rng(rng)``); default 0.
     moments : {"sample", "exact"}
     chunk : int
         Test inputs per sampling call (bounds the memory: chunk · n_samples · D values).
+    seed : deprecated
+        Old name of ``rng``.
     """
+    if seed is not None:  # (rng's default 0 cannot tell "not given" apart: seed wins)
+        rng = renamed_kwarg(None, seed, "rng", "seed")
     if moments not in ("sample", "exact"):
         raise ValueError(f"moments must be 'sample' or 'exact', got {moments!r}")
     n_samples = check_positive_int(n_samples, "n_samples", minimum=2)
     chunk = check_positive_int(chunk, "chunk")
     xs = bench.test_inputs if n_test is None else bench.test_inputs[: check_positive_int(n_test, "n_test")]
-    rng = np.random.default_rng(seed)
+    rng = as_rng(rng)
     total = 0.0
     for i in range(0, xs.shape[0], chunk):
         x = xs[i:i + chunk]
@@ -90,7 +113,7 @@ def cbw2_uvp(
         if moments == "exact":
             m_hat, c_hat = (_to_numpy(a) for a in model.conditional_moments(x))
         else:
-            y = _to_numpy(model.sample(x, n=n_samples, seed=rng))
+            y = _to_numpy(_sample(model, x, n_samples, rng))
             m_hat = y.mean(axis=1)
             dev = y - m_hat[:, None, :]
             c_hat = dev.transpose(0, 2, 1) @ dev / (n_samples - 1)

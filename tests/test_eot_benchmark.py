@@ -12,15 +12,15 @@ from otsolve.metrics import bures_wasserstein2, bw2_uvp, cbw2_uvp
 
 @pytest.fixture(scope="module")
 def bench() -> EOTMixture:
-    return eot_mixture(3, 0.8, seed=5, n_test=200)
+    return eot_mixture(3, 0.8, rng=5, n_test=200)
 
 
 def test_instance_is_seeded_and_recorded():
-    a, b = eot_mixture(4, 1.0, seed=2, n_test=20), eot_mixture(4, 1.0, seed=2, n_test=20)
+    a, b = eot_mixture(4, 1.0, rng=2, n_test=20), eot_mixture(4, 1.0, rng=2, n_test=20)
     np.testing.assert_array_equal(a.potential_covs, b.potential_covs)
     np.testing.assert_array_equal(a.test_inputs, b.test_inputs)
     assert a.target_variance == b.target_variance
-    c = eot_mixture(4, 1.0, seed=3, n_test=20)
+    c = eot_mixture(4, 1.0, rng=3, n_test=20)
     assert not np.allclose(a.potential_means, c.potential_means)
     # non-diagonal potential covariances (a diagonal LightSB is mis-specified)
     off = a.potential_covs - np.einsum("kii->ki", a.potential_covs)[:, :, None] * np.eye(4)
@@ -117,7 +117,7 @@ def test_cbw_sanity_constant_predictor_is_about_100(bench):
     mean = bench.sample_target(100_000, rng=8).mean(0)
 
     class Constant:
-        def sample(self, x, n, seed=None):
+        def sample(self, x, n, rng=None):
             return np.broadcast_to(mean, (x.shape[0], n, mean.size)).copy()
 
     # exact by the law of total variance: mean_x [||m*(x) - E y||^2 + tr Sigma*(x)] = Var(P1)
@@ -126,8 +126,8 @@ def test_cbw_sanity_constant_predictor_is_about_100(bench):
 
 def test_cbw_of_ground_truth_sampler_is_small(bench):
     class Truth:
-        def sample(self, x, n, seed=None):
-            return bench.sample_conditional(x, n=n, rng=seed)
+        def sample(self, x, n, rng=None):
+            return bench.sample_conditional(x, n=n, rng=rng)
 
     assert cbw2_uvp(Truth(), bench, n_samples=2000) < 0.3
 
@@ -144,8 +144,8 @@ def test_bad_input():
 
 
 def test_diagonal_potential_option_makes_diagonal_lightsb_well_specified():
-    a = eot_mixture(4, 0.3, seed=2, n_test=20)
-    b = eot_mixture(4, 0.3, seed=2, n_test=20, diagonal_potential=True)
+    a = eot_mixture(4, 0.3, rng=2, n_test=20)
+    b = eot_mixture(4, 0.3, rng=2, n_test=20, diagonal_potential=True)
     np.testing.assert_array_equal(a.potential_means, b.potential_means)  # same draws otherwise
     np.testing.assert_allclose(np.einsum("kii->ki", b.potential_covs), np.einsum("kii->ki", a.potential_covs))
     S = b.lightsb_params()["S"]

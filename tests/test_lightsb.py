@@ -67,7 +67,7 @@ def test_log_potential_matches_scipy_mixture_full():
 def test_sample_moments_match_closed_form():
     model = _random_model(np.random.default_rng(3), K=3, D=2, eps=0.5, full=True)
     x = np.array([[0.3, -0.4]])
-    y = model.sample(x, n=200_000, seed=0)[0]
+    y = model.sample(x, n=200_000, rng=0)[0]
     mean, cov = model.conditional_moments(x)
     np.testing.assert_allclose(y.mean(0), mean[0], atol=0.01)
     np.testing.assert_allclose(np.cov(y.T), cov[0], atol=0.015)
@@ -142,7 +142,7 @@ def test_drift_at_zero_is_conditional_mean_minus_x():
 
 @pytest.mark.parametrize("t", [0.0, 0.5, 0.9])
 def test_drift_with_ground_truth_params_equals_ground_truth_drift(t):
-    bench = eot_mixture(3, 0.7, seed=3, n_test=10)
+    bench = eot_mixture(3, 0.7, rng=3, n_test=10)
     model = LightSB.from_params(**bench.lightsb_params(), epsilon=bench.epsilon)
     x = bench.test_inputs
     np.testing.assert_allclose(model.drift(x, t), bench.drift(x, t), rtol=1e-8, atol=1e-9)
@@ -182,7 +182,7 @@ def test_gaussian_to_gaussian_matches_closed_form(covariance):
     x0 = rng.multivariate_normal(a, A, size=50_000)
     x1 = rng.multivariate_normal(b, B, size=50_000)
     model = LightSB(2, 1, eps, covariance=covariance).fit(
-        x0, x1, n_steps=4000, batch_size=512, lr=1e-2, seed=0, progress=False)
+        x0, x1, n_steps=4000, batch_size=512, lr=1e-2, rng=0, progress=False)
     S = model.S[0] if covariance == "full" else np.diag(model.S[0])
     np.testing.assert_allclose(S, S_true, atol=0.05)
     np.testing.assert_allclose(model.r[0], r_true, atol=0.08)
@@ -196,8 +196,8 @@ def test_gaussian_to_gaussian_matches_closed_form(covariance):
 def test_sample_at_time_endpoints():
     model = _random_model(np.random.default_rng(11))
     x = np.random.default_rng(12).normal(size=(50, 2))
-    np.testing.assert_array_equal(model.sample_at_time(x, 0.0, seed=1), x)
-    np.testing.assert_allclose(model.sample_at_time(x, 1.0, seed=1), model.sample(x, seed=1))
+    np.testing.assert_array_equal(model.sample_at_time(x, 0.0, rng=1), x)
+    np.testing.assert_allclose(model.sample_at_time(x, 1.0, rng=1), model.sample(x, rng=1))
 
 
 @pytest.mark.parametrize("t", [0.25, 0.5])
@@ -206,7 +206,7 @@ def test_bridge_variance_uses_square_root(t):
     released code's std eps t (1 - t))."""
     model = _random_model(np.random.default_rng(13), eps=0.5)
     x0 = np.array([[0.2, -0.1]])
-    xt = model.sample_at_time(np.repeat(x0, 200_000, axis=0), t, seed=2)
+    xt = model.sample_at_time(np.repeat(x0, 200_000, axis=0), t, rng=2)
     _, cov = model.conditional_moments(x0)
     expected = t**2 * np.diag(cov[0]) + model.epsilon * t * (1 - t)
     np.testing.assert_allclose(xt.var(axis=0), expected, rtol=0.02)
@@ -217,7 +217,7 @@ def test_bridge_variance_uses_square_root(t):
 def test_euler_maruyama_endpoint_matches_sample():
     model = _random_model(np.random.default_rng(14), K=2, D=2, eps=0.5)
     x0 = np.repeat(np.array([[0.3, 0.1]]), 6000, axis=0)
-    path = model.sample_path(x0, n_steps=200, seed=3)
+    path = model.sample_path(x0, n_steps=200, rng=3)
     assert path.shape == (6000, 201, 2)
     np.testing.assert_array_equal(path[:, 0], x0)
     mean, cov = model.conditional_moments(x0[:1])
@@ -228,9 +228,9 @@ def test_euler_maruyama_endpoint_matches_sample():
 
 # ---------------------------------------------------------------- fitting on ground truth
 def test_fit_recovers_benchmark_instance_2d():
-    bench = eot_mixture(2, 1.0, seed=1, n_test=300)
+    bench = eot_mixture(2, 1.0, rng=1, n_test=300)
     model = LightSB(2, 20, bench.epsilon).fit(
-        bench.sample_input, bench.sample_target, n_steps=3000, seed=0, progress=False, lr=1e-2)
+        bench.sample_input, bench.sample_target, n_steps=3000, rng=0, progress=False, lr=1e-2)
     assert cbw2_uvp(model, bench, moments="exact") < 1.0
     assert cbw2_uvp(model, bench, n_samples=1000) < 2.0
     # a model that ignores x is far worse: the metric discriminates
@@ -243,11 +243,11 @@ def test_fit_accepts_arrays_and_callables_and_float32():
     rng = np.random.default_rng(15)
     x0 = rng.normal(size=(500, 3)).astype(np.float32)
     x1 = (rng.normal(size=(500, 3)) + 1).astype(np.float32)
-    m = LightSB(3, 5, 1.0).fit(x0, x1, n_steps=50, progress=False, seed=0)
+    m = LightSB(3, 5, 1.0).fit(x0, x1, n_steps=50, progress=False, rng=0)
     assert m.r.dtype == np.float32 and m.sample(x0[:4]).dtype == np.float32
     assert m.drift(x0[:4], 0.5).dtype == np.float32
     m2 = LightSB(3, 5, 1.0).fit(lambda n: rng.normal(size=(n, 3)), lambda n: rng.normal(size=(n, 3)) + 1,
-                                n_steps=50, progress=False, seed=0)
+                                n_steps=50, progress=False, rng=0)
     assert m2.r.dtype == np.float64 and np.all(np.isfinite(m2.loss_history_))
     assert m2.loss_history_.shape == (50,)
 
@@ -255,8 +255,8 @@ def test_fit_accepts_arrays_and_callables_and_float32():
 def test_fit_is_reproducible_with_seed():
     rng = np.random.default_rng(16)
     x0, x1 = rng.normal(size=(300, 2)), rng.normal(size=(300, 2)) + 2
-    a = LightSB(2, 4, 0.5).fit(x0, x1, n_steps=100, seed=7, progress=False)
-    b = LightSB(2, 4, 0.5).fit(x0, x1, n_steps=100, seed=7, progress=False)
+    a = LightSB(2, 4, 0.5).fit(x0, x1, n_steps=100, rng=7, progress=False)
+    b = LightSB(2, 4, 0.5).fit(x0, x1, n_steps=100, rng=7, progress=False)
     np.testing.assert_array_equal(a.r, b.r)
     np.testing.assert_array_equal(a.loss_history_, b.loss_history_)
 
@@ -281,7 +281,7 @@ def test_save_load_roundtrip(tmp_path):
         assert back.covariance == model.covariance and back.epsilon == model.epsilon
         np.testing.assert_allclose(back.log_normalizer(x), model.log_normalizer(x), rtol=1e-12)
         np.testing.assert_allclose(back.drift(x, 0.3), model.drift(x, 0.3), rtol=1e-12)
-        np.testing.assert_array_equal(back.sample(x, seed=4), model.sample(x, seed=4))
+        np.testing.assert_array_equal(back.sample(x, rng=4), model.sample(x, rng=4))
 
 
 def test_default_lr_follows_released_settings():
@@ -326,7 +326,7 @@ def test_bad_input_raises_value_error():
 def test_gradients_match_finite_differences_at_benchmark_scale():
     """The analytic gradient at the benchmark's own scale (D = 16, eps = 0.1, K = 50, benchmark
     samples, r from target samples): the 1/eps factors of log alpha and of the quadratic logits."""
-    bench = eot_mixture(16, 0.1, seed=0, n_test=2)
+    bench = eot_mixture(16, 0.1, rng=0, n_test=2)
     rng = np.random.default_rng(0)
     x0, x1 = bench.sample_input(128, rng=rng), bench.sample_target(128, rng=rng)
     for covariance in ("diagonal", "full"):
@@ -359,7 +359,7 @@ def test_ground_truth_minimizes_the_training_loss():
     population objective than a fitted model and than perturbed parameters, and Adam started at the
     ground truth with a decaying step stays close (finite pool and minibatch noise at eps = 0.1
     move it by ~0.1 % cB-W2-UVP; a fit from scratch lands far higher only through the optimizer)."""
-    bench = eot_mixture(4, 0.1, seed=1, n_test=100)
+    bench = eot_mixture(4, 0.1, rng=1, n_test=100)
     gt = LightSB.from_params(**bench.lightsb_params(), epsilon=0.1)
     e0, e1 = bench.sample_input(40000, rng=11), bench.sample_target(40000, rng=12)
 
@@ -368,13 +368,13 @@ def test_ground_truth_minimizes_the_training_loss():
 
     fitted = LightSB(4, 10, 0.1, covariance="full").fit(
         bench.sample_input(8192, rng=1), bench.sample_target(8192, rng=2), n_steps=1500,
-        seed=0, progress=False, schedule="cosine", lr=3e-3)
+        rng=0, progress=False, schedule="cosine", lr=3e-3)
     assert loss(gt) < loss(fitted)
     p = bench.lightsb_params()
     bumped = LightSB.from_params(p["log_alpha"] + 0.1, p["r"] + 0.01, p["S"] * 1.01, 0.1)
     assert loss(gt) < loss(bumped)
     warm = LightSB.from_params(**p, epsilon=0.1)
     warm.fit(bench.sample_input(8192, rng=3), bench.sample_target(8192, rng=4), n_steps=1000,
-             seed=0, progress=False, schedule="cosine", warm_start=True)
+             rng=0, progress=False, schedule="cosine", warm_start=True)
     assert cbw2_uvp(warm, bench, moments="exact") < 0.25
     assert abs(loss(warm) - loss(gt)) < 0.02

@@ -25,10 +25,10 @@ def main() -> None:
     x1 = roll[:, [0, 2]] / 7.5  # the paper's preprocessing
 
     model = otsolve.LightSB(dim=2, n_components=100, epsilon=0.01, s_init=0.1)
-    model.fit(x0, x1, n_steps=5000, batch_size=128, lr=1e-2, seed=42, progress=False, schedule="cosine")
+    model.fit(x0, x1, n_steps=5000, batch_size=128, lr=1e-2, rng=42, progress=False, schedule="cosine")
 
     test = rng.normal(size=(2000, 2))
-    y = model.sample(test, seed=1)
+    y = model.sample(test, rng=1)
     fig, ax = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
     for a, pts, title, c in ((ax[0], test, "source $p_0$ (Gaussian)", "tab:blue"),
                              (ax[1], x1[:2000], "target $p_1$ (Swiss roll)", "tab:green"),
@@ -41,7 +41,7 @@ def main() -> None:
     fig.savefig(OUT / "lightsb_samples.png", dpi=110)
 
     starts = np.repeat(rng.normal(size=(6, 2)) * 1.3, 8, axis=0)
-    paths = model.sample_path(starts, n_steps=500, seed=2)
+    paths = model.sample_path(starts, n_steps=500, rng=2)
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.scatter(x1[:3000, 0], x1[:3000, 1], s=1, alpha=0.15, color="tab:green", label="target")
     colors = plt.cm.tab10(np.arange(6))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_epsilon, check_finite, check_positive_int
+from .._validation import check_epsilon, check_finite, check_positive_int, renamed_kwarg
 
 __all__ = ["EOTMixture", "eot_mixture"]
 
@@ -64,6 +64,7 @@ class EOTMixture:
     Attributes
     ----------
     dim, epsilon, seed
+        ``seed`` is the int that identifies the instance (the ``rng`` it was built from).
     input_weights, input_means, input_covs : arrays (K0,), (K0, D), (K0, D, D)
         The source Gaussian mixture P0.
     potential_weights, potential_means, potential_covs : arrays (K,), (K, D), (K, D, D)
@@ -210,8 +211,9 @@ class EOTMixture:
 def eot_mixture(
     dim: int,
     epsilon: float,
-    seed: int = 0,
+    rng: Any = 0,
     *,
+    seed: Any = None,
     n_input_components: int = 3,
     n_potential_components: int = 5,
     input_scale: float = 1.0,
@@ -227,8 +229,12 @@ def eot_mixture(
     dim : int
     epsilon : float
         Regularization (SB noise level); > 0.
-    seed : int
-        Seeds the parameters, the fixed test inputs and the Monte-Carlo ``Var(P1)``.
+    rng : int or Generator, default 0
+        The instance: an int >= 0 seeds the parameters, the fixed test inputs and the
+        Monte-Carlo ``Var(P1)`` (the same int gives the same instance; it is recorded as
+        ``.seed``); a Generator draws that int.
+    seed : deprecated
+        Old name of ``rng``.
     n_input_components, n_potential_components : int
         K0 components of P0 and K components of ``phi*``.
     input_scale, potential_scale : float
@@ -260,7 +266,12 @@ def eot_mixture(
     low, high = (check_epsilon(c, "cov_range") for c in cov_range)
     if low > high:
         raise ValueError(f"cov_range must be (low, high) with low <= high, got {cov_range!r}")
-    rng = np.random.default_rng([check_positive_int(seed, "seed", minimum=0), 0])
+    if seed is not None:  # (rng's default 0 cannot tell "not given" apart: seed wins)
+        rng = renamed_kwarg(None, seed, "rng", "seed")
+    if isinstance(rng, np.random.Generator):
+        rng = int(rng.integers(2**63 - 1))
+    seed = check_positive_int(rng, "rng", minimum=0)
+    rng = np.random.default_rng([seed, 0])
     q = rng.dirichlet(np.full(K0, 5.0))
     m = input_scale * rng.standard_normal((K0, dim))
     Q = _random_spd(rng, K0, dim, low, high)

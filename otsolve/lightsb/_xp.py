@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import as_rng
+
 __all__ = ["array_namespace", "logsumexp", "softmax", "to_numpy", "make_rng", "gumbel_argmax"]
 
 
@@ -46,13 +48,18 @@ def to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def make_rng(seed: Any, xp=np):
-    """A ``Generator`` of the namespace ``xp`` (NumPy or CuPy) from an int seed / None / Generator."""
+def make_rng(rng: Any, xp=np):
+    """A ``Generator`` of the namespace ``xp`` (NumPy or CuPy) from an int / None / Generator
+    (anything else: ValueError naming ``rng``)."""
     if xp is np:
-        return np.random.default_rng(seed)
-    if isinstance(seed, np.random.Generator):  # derive a device seed from a host generator
-        seed = int(seed.integers(2**63 - 1))
-    return xp.random.default_rng(seed)
+        return as_rng(rng)
+    if type(rng).__module__.startswith("cupy"):  # a CuPy generator is used as is
+        return rng
+    if isinstance(rng, np.random.Generator):  # derive a device seed from a host generator
+        rng = int(rng.integers(2**63 - 1))
+    elif rng is not None:
+        rng = int(as_rng(rng).integers(2**63 - 1)) if not isinstance(rng, (int, np.integer)) else rng
+    return xp.random.default_rng(rng)
 
 
 def gumbel_argmax(logits, rng, xp=np):

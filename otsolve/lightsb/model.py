@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import as_float_array, check_epsilon, check_finite, check_positive_int
+from .._validation import as_float_array, check_epsilon, check_finite, check_positive_int, renamed_kwarg
 from ._adam import Adam
 from ._objective import cholesky_factor, loss_and_grad
 from ._xp import array_namespace, gumbel_argmax, logsumexp, make_rng, softmax, to_numpy
@@ -85,7 +85,7 @@ class LightSB:
     >>> rng = np.random.default_rng(0)
     >>> x0, x1 = rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2)) + 3
     >>> sb = otsolve.LightSB(dim=2, n_components=4, epsilon=0.5).fit(
-    ...     x0, x1, n_steps=500, progress=False, seed=0)
+    ...     x0, x1, n_steps=500, progress=False, rng=0)
     >>> sb.sample(x0[:5]).shape
     (5, 2)
     """
@@ -292,7 +292,8 @@ class LightSB:
                 noise[sel] = flat_xi[sel] @ root[j].T
         return y + noise.reshape(B, n, D)
 
-    def sample(self, x0, n: int | None = None, seed: Any = None, batch_size: int = 65536):
+    def sample(self, x0, n: int | None = None, rng: Any = None, batch_size: int = 65536, *,
+               seed: Any = None):
         """Draw ``y ~ pi(. | x0)`` from the closed-form conditional plan.
 
         Parameters
@@ -300,31 +301,37 @@ class LightSB:
         x0 : array (B, D)
         n : int, optional
             Samples per input row; None gives one sample per row, shape (B, D), else (B, n, D).
-        seed : int or Generator, optional
+        rng : int, Generator or None, optional
+            Randomness (``np.random.default_rng(rng)``; a Generator is used as is).
         batch_size : int
             Samples drawn per chunk (bounds the memory use).
+        seed : deprecated
+            Old name of ``rng``.
         """
+        rng = renamed_kwarg(rng, seed, "rng", "seed")
         x0 = self._prep(x0, "x0")
-        rng = make_rng(seed, self._xp)
+        rng = make_rng(rng, self._xp)
         m = 1 if n is None else check_positive_int(n, "n")
         rows = max(1, batch_size // m)
         parts = [self._draw(x0[i:i + rows], m, rng) for i in range(0, x0.shape[0], rows)]
         out = self._xp.concatenate(parts, axis=0)
         return out[:, 0, :] if n is None else out
 
-    def sample_at_time(self, x0, t: float, seed: Any = None):
+    def sample_at_time(self, x0, t: float, rng: Any = None, *, seed: Any = None):
         """Sample ``x_t`` of the learned bridge started at ``x0`` (B, D), for ``0 <= t <= 1``.
 
         ``x_t = t y + (1 - t) x0 + sqrt(eps t (1 - t)) xi`` with ``y ~ pi(. | x0)``: the Brownian
         bridge of ``W^eps`` pinned at (x0, y). (The released code used std ``eps t (1 - t)`` before
-        2024-07-30; this is the corrected square root.)
+        2024-07-30; this is the corrected square root.) ``rng``: int, Generator or None
+        (``seed``: its deprecated old name).
         """
+        rng = renamed_kwarg(rng, seed, "rng", "seed")
         t = float(t)
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"t must be in [0, 1], got {t!r}")
         x0 = self._prep(x0, "x0")
-        rng = make_rng(seed, self._xp)
-        y = self.sample(x0, seed=rng)
+        rng = make_rng(rng, self._xp)
+        y = self.sample(x0, rng=rng)
         xi = rng.standard_normal(x0.shape, dtype=x0.dtype)
         return t * y + (1.0 - t) * x0 + math.sqrt(self.epsilon * t * (1.0 - t)) * xi
 
@@ -358,16 +365,18 @@ class LightSB:
             return xp.sum(w[:, :, None] * v, axis=1)
         return xp.einsum("bk,kde,bke->bd", w, U, v)
 
-    def sample_path(self, x0, n_steps: int = 100, seed: Any = None):
+    def sample_path(self, x0, n_steps: int = 100, rng: Any = None, *, seed: Any = None):
         """Euler–Maruyama trajectories of ``dX = g(X, t) dt + sqrt(eps) dW`` from ``x0`` (B, D).
 
         Returns (B, n_steps + 1, D) at times ``0, dt, ..., 1``; the drift is last evaluated at
-        ``1 - dt`` (it is singular at 1).
+        ``1 - dt`` (it is singular at 1). ``rng``: int, Generator or None (``seed``: its
+        deprecated old name).
         """
+        rng = renamed_kwarg(rng, seed, "rng", "seed")
         n_steps = check_positive_int(n_steps, "n_steps")
         x = self._prep(x0, "x0")
         xp = self._xp
-        rng = make_rng(seed, xp)
+        rng = make_rng(rng, xp)
         dt = 1.0 / n_steps
         path = xp.empty((x.shape[0], n_steps + 1, self.dim), dtype=x.dtype)
         path[:, 0] = x
@@ -390,10 +399,12 @@ class LightSB:
         n_steps: int = 10000,
         batch_size: int = 128,
         lr: float | None = None,
-        seed: Any = None,
+        rng: Any = None,
         progress: bool = True,
         warm_start: bool = False,
         schedule: str = "constant",
+        *,
+        seed: Any = None,
     ) -> "LightSB":
         """Fit on unpaired samples by Adam on ``L = E_p0 log c - E_p1 log v`` (paper's Alg. 1).
 
@@ -403,14 +414,15 @@ class LightSB:
             Samples of the source and target, or callables ``f(n) -> (n, D) array`` that draw fresh
             batches (minibatches are then drawn each step; arrays are resampled with replacement).
         n_steps : int
-            Adam steps (the paper: 10,000 on the EOT benchmark).
+            Adam steps (the paper: 10,000 on the EOT benchmark). This is LightSB's iteration
+            count (a fixed budget: there is no stopping rule, so no ``max_iter``).
         batch_size : int
             Minibatch size on each side (the paper: 128).
         lr : float, optional
             Adam step; default :func:`default_lr` (eps-dependent: 1e-3 at eps=0.1, 3e-3 at eps=1,
             6e-2 at eps=10), because log alpha is parameterized as ``ell / eps``.
-        seed : int or Generator, optional
-            Seeds the minibatch draws and the choice of the initial means ``r`` (K target samples).
+        rng : int, Generator or None, optional
+            Randomness of the minibatch draws and of the initial means ``r`` (K target samples).
         progress : bool
             Show a tqdm bar with the running loss.
         warm_start : bool
@@ -418,7 +430,10 @@ class LightSB:
         schedule : {"constant", "cosine"}
             Adam step over the run: constant (the paper) or cosine-annealed from ``lr`` to 0, which
             removes most of the minibatch noise left in the final parameters.
+        seed : deprecated
+            Old name of ``rng``.
         """
+        rng = renamed_kwarg(rng, seed, "rng", "seed")
         if schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
         n_steps = check_positive_int(n_steps, "n_steps")
@@ -430,7 +445,7 @@ class LightSB:
             raise ValueError("x0 and x1 must both be NumPy or both be CuPy arrays")
         dtype = self.dtype or np.result_type(src[3], tgt[3])
         lr = default_lr(self.epsilon) if lr is None else check_epsilon(lr, "lr")
-        rng = make_rng(seed, xp)
+        rng = make_rng(rng, xp)
         if not (warm_start and self._theta is not None):
             self._init_theta(tgt[0](self.n_components, rng), xp, dtype)
         theta = self._theta
@@ -505,12 +520,27 @@ class LightSB:
     def load(cls, path, xp=None) -> "LightSB":
         """Model from a file written by :meth:`save` (NumPy arrays; ``xp=cupy`` to move them)."""
         with np.load(path, allow_pickle=False) as f:
+            missing = {"dim", "n_components", "epsilon", "covariance", "s_init", "ell", "r"} - set(f.files)
+            if missing or not ({"s", "T"} & set(f.files)):
+                raise ValueError(f"{path} is not a LightSB file: missing {sorted(missing) or ['s or T']}")
             model = cls(int(f["dim"]), int(f["n_components"]), float(f["epsilon"]),
                         covariance=str(f["covariance"]), s_init=float(f["s_init"]))
             keys = ("ell", "r", "s") if "s" in f.files else ("ell", "r", "T")
-            xp = np if xp is None else xp
-            theta = {k: xp.asarray(f[k]) for k in keys}
-        model._set_theta(theta, xp)
+            K, D = model.n_components, model.dim
+            want = {"ell": (K,), "r": (K, D), "s": (K, D), "T": (K, D, D)}
+            host = {k: np.asarray(f[k]) for k in keys}
+        if (keys[2] == "s") != (model.covariance == "diagonal"):
+            raise ValueError(f"{path}: covariance={model.covariance!r} but the file stores {keys[2]!r}")
+        dtypes = {a.dtype for a in host.values()}
+        for k, arr in host.items():
+            if arr.dtype not in (np.float32, np.float64) or len(dtypes) != 1:
+                raise ValueError(f"{path}: parameter {k!r} has dtype {arr.dtype}; the parameters must "
+                                 "all be float32 or all float64")
+            if arr.shape != want[k]:
+                raise ValueError(f"{path}: parameter {k!r} has shape {arr.shape}, expected {want[k]}")
+            check_finite(arr, f"{path}: parameter {k!r}")
+        xp = np if xp is None else xp
+        model._set_theta({k: xp.asarray(v) for k, v in host.items()}, xp)
         return model
 
     def __repr__(self) -> str:
