@@ -588,3 +588,97 @@ def test_zero_weights_on_a_point_cloud_materialise_only_the_support(rng):
     ref = sinkhorn_reference(otsolve.PointCloud(x, y).cost_matrix, a, b, 0.002)
     assert res.converged and res.n_newton > 0 and np.isneginf(res.f[[3, 17]]).all()
     np.testing.assert_allclose(res.plan, ref.plan, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# the CUDA kernel set against the host kernels (on the CUDA emulator where there is no GPU)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="class")
+def cp():
+    import os
+
+    from otsolve.backends import cupy_available
+
+    try:
+        import cuda_emulator
+    except ImportError:  # pragma: no cover - tests/ not on the path
+        pytest.skip("tests/cuda_emulator not importable")
+    if cupy_available() and os.environ.get("OTSOLVE_CUDA_EMULATOR", "") in ("", "0"):
+        import cupy
+
+        yield cupy
+    elif cuda_emulator.available():
+        with cuda_emulator.installed() as emulated:
+            yield emulated
+    else:  # pragma: no cover
+        pytest.skip("no CUDA device, and the CUDA emulator needs x86-64 and g++")
+
+
+@pytest.mark.gpu
+class TestCudaKernelSet:
+    """One driver, three kernel sets: the CUDA set must compute what the host set computes."""
+
+    @pytest.mark.parametrize("cloud", [False, True])
+    def test_kernels_match_host(self, cp, rng, cloud):
+        from otsolve.backends.sns_kernels import CudaSNSKernels, HostSNSKernels
+
+        n, m, eps, k = 45, 37, 0.02, 6
+        x, y = rng.random((n, 2)), rng.random((m, 2))
+        a, b = rng.random(n) + 0.2, rng.random(m) + 0.2
+        a[[2, 30]] = 0
+        a, b = a / a.sum(), b / b.sum()
+        geom_h = otsolve.PointCloud(x, y) if cloud else otsolve.Geometry(otsolve.PointCloud(x, y).cost_matrix)
+        prob_h = otsolve.LinearProblem(geom_h, a, b, epsilon=eps)
+        prob_d = prob_h.to_namespace(cp)
+        H = HostSNSKernels(prob_h, np.flatnonzero(a > 0), np.arange(m), eps)
+        H.setup(0.0)
+        D = CudaSNSKernels(prob_d, eps)
+        D.setup(0.0)
+        assert (H.n, H.m) == (D.n, D.m) == (n - 2, m)
+        sk = otsolve.Sinkhorn(max_iter=5, warn=False)(prob_h)
+        xs, ys = H.new_potentials(np.asarray(sk.f), np.asarray(sk.g))
+        xd, yd = D.new_potentials(cp.asarray(sk.f), cp.asarray(sk.g))
+        dx, dy = rng.normal(size=n - 2) * eps, rng.normal(size=m) * eps
+        Sh, Sd = H.new_system(k), D.new_system(k)
+        assert H.form(Sh, xs, ys, dx, dy, 0.3) and D.form(Sd, xd, yd, cp.asarray(dx), cp.asarray(dy), 0.3)
+        H.sparsify(Sh)
+        D.sparsify(Sd)
+        np.testing.assert_allclose(Sd.row.get(), Sh.row, rtol=1e-12)
+        np.testing.assert_allclose(Sd.col.get(), Sh.col, rtol=1e-12)
+        np.testing.assert_allclose([Sd.mass, Sd.kept], [Sh.mass, Sh.kept], rtol=1e-12)
+        idx = Sd.csr[1].get().reshape(n - 2, k)
+        np.testing.assert_array_equal(np.sort(idx, 1), Sh.kidx)
+        # projected Jacobi-PCG: same solution, orthogonal to the gauge direction (1, -1) on both
+        rhs = eps * np.concatenate([H.a - Sh.row, H.b - Sh.col])
+        zh, zd = np.zeros(n - 2 + m), cp.zeros(n - 2 + m)
+        ith, resh = H.pcg(Sh, rhs, zh, 1e-12, 500)
+        itd, resd = D.pcg(Sd, cp.asarray(rhs), zd, 1e-12, 500)
+        assert resh <= 1e-12 and resd <= 1e-12 and abs(itd - ith) <= 10
+        v = np.r_[np.ones(n - 2), -np.ones(m)]
+        assert abs(zd.get() @ v) <= 1e-12 * np.abs(zd.get()).sum()
+        np.testing.assert_allclose(zd.get(), zh, rtol=1e-8, atol=1e-10 * np.abs(zh).max())
+        np.testing.assert_allclose(D.direct(Sd, cp.asarray(rhs)).get(), H.direct(Sh, rhs), rtol=1e-8,
+                                   atol=1e-10 * np.abs(zh).max())
+        # exact statistics for the result, and an overflowing trial is a rejection
+        for got, want in zip(D.measure(xd, yd), H.measure(xs, ys)):
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+        assert not D.form(Sd, xd, yd, cp.full(n - 2, 50.0), cp.zeros(m), 1.0)
+        assert not H.form(Sh, xs, ys, np.full(n - 2, 50.0), np.zeros(m), 1.0)
+
+    def test_same_iterates_as_the_host_driver(self, cp):
+        """The driver is shared: on the same problem the GPU run takes the same path (up to CG
+        stopping: the device reads its residual every 10 iterations, so it may solve a Newton
+        system more accurately)."""
+        rng = np.random.default_rng(5)
+        C = rng.random((90, 70))
+        prob = otsolve.LinearProblem(C, epsilon=1 / 400)
+        ref = SinkhornNewtonSparse(tol=1e-10, n_sinkhorn=10, auto_switch=False)(prob)
+        res = SinkhornNewtonSparse(tol=1e-10, n_sinkhorn=10, auto_switch=False)(prob.to_namespace(cp))
+        assert ref.converged and res.converged and res.backend == "cupy" and ref.backend == "numpy"
+        assert (res.n_sinkhorn, res.direct_solves) == (ref.n_sinkhorn, ref.direct_solves)
+        assert abs(res.n_newton - ref.n_newton) <= 2 and res.fallbacks == ref.fallbacks == []
+        np.testing.assert_allclose(res.errors[:11], ref.errors[:11], rtol=1e-9)  # the Sinkhorn stage
+        np.testing.assert_allclose(res.plan.get(), ref.plan, atol=1e-10)
+        # the NumPy reference on a CuPy problem: solved on the host, CuPy arrays back
+        r0 = SinkhornNewtonSparse(tol=1e-10, n_sinkhorn=10, auto_switch=False, compiled=False)(prob.to_namespace(cp))
+        assert r0.converged and isinstance(r0.f, cp.ndarray)
