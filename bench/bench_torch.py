@@ -7,8 +7,8 @@
 2. Implicit gradients vs unrolling 500 iterations: time of forward + backward and the bytes
    autograd saves for the backward pass (counted with saved_tensors_hooks, exact and
    deterministic), plus the max difference of the two gradients.
-3. Batched problems with per-problem convergence vs iterating every problem until the slowest and
-   vs Python loops of single problems (forward + backward).
+3. Batched problems with per-problem convergence vs a Python loop of single problems (forward +
+   backward).
 4. Differentiable sparse MoE routing: core forward vs the torch layer's forward + backward.
 
 Usage: python bench/bench_torch.py [--quick] [--repeats R] [--only divergence|implicit|batch|routing]
@@ -157,12 +157,9 @@ def bench_implicit(n, eps, iters, repeats):
 def bench_batch(B, n, repeats, d=3, eps=0.05):
     """B point-cloud problems of mixed difficulty, debiased divergence, forward + backward.
 
-    Strategies: (a) one batched call on the torch path, converged problems leave the batch;
-    (b) the same call where every problem iterates until the slowest one has converged
-    (tol=0, max_iter = the largest per-problem count of (a)); (c) a Python loop of single-problem
-    calls on the torch path; (d) a Python loop of single-problem calls on the compiled CPU kernels;
-    (e) one batched call on the compiled kernels (they run the problems one after the other, each
-    to its own tolerance). Every strategy computes the B losses and the gradient w.r.t. x.
+    Strategies: (a) one batched call (the core driver on the batch: each problem stops at its own
+    tolerance); (b) a Python loop of single-problem calls. Both compute the B losses and the
+    gradient w.r.t. x.
     """
     import warnings
 
@@ -173,8 +170,8 @@ def bench_batch(B, n, repeats, d=3, eps=0.05):
     y = (torch.rand(B, n, d) * 0.8 + 0.3) * s
     tol, max_iter = 1e-4, 2000
 
-    def batched(backend, tol_=tol, max_iter_=max_iter):
-        loss = SinkhornLoss(eps, cost="half_sqeuclidean", tol=tol_, max_iter=max_iter_, backend=backend)
+    def batched():
+        loss = SinkhornLoss(eps, cost="half_sqeuclidean", tol=tol, max_iter=max_iter)
 
         def f():
             xr = x.clone().requires_grad_()
@@ -182,8 +179,8 @@ def bench_batch(B, n, repeats, d=3, eps=0.05):
             return loss
         return f
 
-    def loop(backend):
-        loss = SinkhornLoss(eps, cost="half_sqeuclidean", tol=tol, max_iter=max_iter, backend=backend)
+    def loop():
+        loss = SinkhornLoss(eps, cost="half_sqeuclidean", tol=tol, max_iter=max_iter)
 
         def f():
             xr = x.clone().requires_grad_()
@@ -192,20 +189,13 @@ def bench_batch(B, n, repeats, d=3, eps=0.05):
             return loss
         return f
 
-    L = batched("torch")()
+    L = batched()()
     its = {k: o.n_iter for k, o in L.last_outputs.items()}
-    slowest = int(max(int(t.max()) for t in its.values()))
     rows = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # tol=0 never "converges": expected
-        for label, fn in (
-            ("batched, torch path, per-problem convergence", batched("torch")),
-            (f"batched, torch path, every problem runs {slowest} iterations (the slowest)",
-             batched("torch", 0.0, slowest)),
-            ("Python loop of single problems, torch path", loop("torch")),
-            ("Python loop of single problems, compiled kernels", loop("compiled")),
-            ("batched, compiled kernels (problems one after the other)", batched("compiled")),
-        ):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for label, fn in (("batched call, per-problem convergence", batched()),
+                          ("Python loop of single problems", loop())):
             rows.append((label, timeit(fn, repeats)))
     t_ref = rows[0][1]
     print(f"\n## Batch of {B} problems (n=m={n}, d={d}, eps={eps}, half_sqeuclidean, debiased, "
@@ -214,7 +204,7 @@ def bench_batch(B, n, repeats, d=3, eps=0.05):
     for k, t in its.items():
         print(f"iterations {k}: min {int(t.min())}, median {int(t.median())}, max {int(t.max())}, "
               f"total {int(t.sum())}")
-    print("\n| strategy | time (s) | relative to batched per-problem |\n|---|---|---|")
+    print("\n| strategy | time (s) | relative to the batched call |\n|---|---|---|")
     for label, t in rows:
         print(f"| {label} | {t:.3f} | {t / t_ref:.2f}x |")
 

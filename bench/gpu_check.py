@@ -208,7 +208,7 @@ def bench_batched(B: int, n: int) -> None:
     import numpy as np
 
     import otsolve
-    from otsolve.backends import BatchedLinearProblem, BatchedSinkhorn
+    from otsolve import BatchedLinearProblem, BatchedSinkhorn
 
     sync = cp.cuda.Device().synchronize
     rng = np.random.default_rng(2)

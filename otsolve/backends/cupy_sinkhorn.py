@@ -79,16 +79,6 @@ class CudaGeometry:
             d2 = cp.sqrt(d2)
         return d2 * self.dtype.type(self.scale)
 
-    def cost_range(self) -> float:
-        """Cheap upper bound of max C - min C over the batch (start of ε-scaling)."""
-        if self.dense:
-            return max(float(self.C.max() - self.C.min()), np.finfo(float).tiny)
-        lo = self.X.min(axis=1).get(), self.Y.min(axis=1).get()
-        hi = self.X.max(axis=1).get(), self.Y.max(axis=1).get()
-        diam = float(np.linalg.norm(np.maximum(hi[0], hi[1]) - np.minimum(lo[0], lo[1]), axis=-1).max())
-        base = diam**2 if self.kind == 0 else diam
-        return max(base * self.scale, np.finfo(float).tiny)
-
     @property
     def bytes_per_iteration(self) -> int:
         """Bytes of cost read per Sinkhorn iteration (dense: the matrix twice)."""

@@ -108,9 +108,10 @@ def annealing_schedule(problem, eps: float, scaling: float | None) -> list[float
     stages the unrolled mode passes through, one recorded update each."""
     if scaling is None:
         return []
+    from ..backends.kernel_sets import ProblemBatch  # noqa: PLC0415
     from ..solvers.sinkhorn import epsilon_schedule  # noqa: PLC0415
 
-    start = max(problem.geometry(p).cost_range() for p in range(problem.B))
+    start = ProblemBatch.of(problem).cost_range()
     return epsilon_schedule(eps, max(start, eps), scaling)[:-1]
 
 
