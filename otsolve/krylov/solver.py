@@ -42,6 +42,12 @@ class RecyclingSolver:
         gcrodr only: after a solve that took fewer Arnoldi steps than the space has vectors,
         keep only that many (saves the per-system ``A U`` products when a strong
         preconditioner makes solves very short; can lose useful directions otherwise).
+    augment : int
+        gcrodr only: the last ``augment`` solutions are added to the recycled space of the next
+        solve (one mat-vec each), so its initial projection minimises the residual over
+        ``span(U, previous solutions)`` — SciPy ``gcrotmk`` does the same with its ``(None, x)``
+        pairs. Pays on sorted sequences whose neighbours are close (low-dimensional
+        parameters); ``0`` switches it off. ``k + augment < restart``.
 
     Attributes
     ----------
@@ -54,7 +60,8 @@ class RecyclingSolver:
 
     def __init__(self, method: str = "gcrodr", *, restart: int = 40, k: int = 20, rtol: float = 1e-5,
                  atol: float = 0.0, maxiter: int | None = None, x0: str = "zero", recycle: bool = True,
-                 ell: int | None = None, shrink: bool = False, single_thread_blas: bool = True) -> None:
+                 ell: int | None = None, shrink: bool = False, single_thread_blas: bool = True,
+                 augment: int = 1) -> None:
         if method not in ("gcrodr", "rcg"):
             raise ValueError(f"method must be 'gcrodr' or 'rcg', got {method!r}")
         if x0 not in ("zero", "previous"):
@@ -62,6 +69,12 @@ class RecyclingSolver:
         if method == "gcrodr" and k >= restart:
             raise ValueError(f"the recycle dimension k={k} must be smaller than restart={restart}")
         check_tolerances(rtol, atol)
+        if isinstance(augment, bool) or not isinstance(augment, (int, np.integer)) or augment < 0:
+            raise ValueError(f"augment must be an integer >= 0, got {augment!r}")
+        if method == "gcrodr" and k + augment >= restart:
+            raise ValueError(f"k + augment = {k + augment} must be smaller than restart={restart}")
+        self.augment = int(augment)
+        self._sols: list[np.ndarray] = []
         self.method, self.restart, self.k = method, int(restart), int(k)
         self.rtol, self.atol, self.maxiter = rtol, atol, maxiter
         self.x0, self.recycle, self.ell, self.shrink = x0, bool(recycle), ell, bool(shrink)
@@ -80,12 +93,17 @@ class RecyclingSolver:
         import contextlib
 
         with blas_single_thread() if self.single_thread_blas else contextlib.nullcontext():
+            n = np.shape(b)[0]
+            aug = [v for v in self._sols if v.shape[0] == n] if self.recycle else []
+            aug = np.stack(aug) if aug else None
             if self.method == "gcrodr":
-                x, info, st = _gcrodr(A, b, x0, restart=self.restart, shrink=self.shrink, **kw)
+                x, info, st = _gcrodr(A, b, x0, restart=self.restart, shrink=self.shrink, augment=aug, **kw)
             else:
                 x, info, st = _rcg(A, b, x0, ell=self.ell, **kw)
         self._record(st)
         self._prev = x
+        if self.augment and np.any(x):
+            self._sols = ([x.copy()] + self._sols)[: self.augment]
         return x
 
     def _record(self, st: SolveStats) -> None:
@@ -119,6 +137,7 @@ class RecyclingSolver:
         """Forget the recycled space, the previous solution and the statistics."""
         self.space.reset()
         self._prev = None
+        self._sols = []
         self.stats = {f: [] for f in _STAT_FIELDS}
 
     def __repr__(self) -> str:
