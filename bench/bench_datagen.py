@@ -15,7 +15,7 @@ cluster start-up separately. Then the time of ``otsolve.krylov.sort_systems`` (d
 any work is sent.
 
     python bench/bench_datagen.py --quick
-    python bench/bench_datagen.py --samples 400 --grid 64 --repeats 3
+    python bench/bench_datagen.py --samples 160 --grid 48 --repeats 3
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -75,8 +76,8 @@ def _stop(procs) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI size: small problem, one repeat, 20,000-key sort")
-    p.add_argument("--samples", type=int, default=400)
-    p.add_argument("--grid", type=int, default=64)
+    p.add_argument("--samples", type=int, default=160)
+    p.add_argument("--grid", type=int, default=48)
     p.add_argument("--tol", type=float, default=1e-8)
     p.add_argument("--chunk-size", type=int, default=25)
     p.add_argument("--workers", type=int, default=2)
@@ -85,6 +86,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sort-samples", type=int, default=100_000)
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the dask processes on `kill` too
     if args.quick:
         args.samples, args.grid, args.chunk_size, args.repeats, args.sort_samples = 24, 16, 6, 1, 20_000
     load0 = os.getloadavg()
@@ -97,7 +99,7 @@ def main() -> int:
         tmp = Path(tmpdir)
         t = time.perf_counter()
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+                               dashboard_address="127.0.0.1:0")
         local = Client(cluster)
         local.run(lambda: __import__("otsolve.datagen.pipeline"))  # warm the workers' imports
         t_local = time.perf_counter() - t

@@ -207,7 +207,7 @@ def test_amg_preconditioner(tmp_path, family):
 def cluster():
     distributed = pytest.importorskip("dask.distributed")
     c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
-                                 host="127.0.0.1", dashboard_address=None)
+                                 host="127.0.0.1", dashboard_address="127.0.0.1:0")
     yield c
     c.close()
 
@@ -261,7 +261,7 @@ def test_torch_dataset_feeds_a_training_loop(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 1, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(15):
+    for _ in range(10):
         for xb, yb in loader:
             assert xb.shape == (3, 3, 8, 8) and yb.shape == (3, 1, 8, 8)
             loss = torch.mean((model(xb) - yb) ** 2)
