@@ -317,7 +317,11 @@ def test_augment_validation_and_reset():
     with pytest.raises(ValueError, match="augment"):
         RecyclingSolver(augment=-1)
     with pytest.raises(ValueError, match="augment"):
-        RecyclingSolver(restart=10, k=8, augment=2)
+        RecyclingSolver(augment=1.5)
+    tight = RecyclingSolver(restart=10, k=9, augment=2, rtol=1e-8)  # no room: augmentation is capped
+    for A, b in _param_systems(3):
+        tight.solve(A, b)
+    assert all(tight.stats["converged"])
     s = RecyclingSolver(restart=20, k=5, augment=2)
     A, b = _param_systems(1)[0]
     s.solve(A, b)

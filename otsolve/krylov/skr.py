@@ -380,7 +380,7 @@ def solve_sequence(systems: Iterable[Any], sort: bool | str = True, solver: Recy
         ``True``: the default order of :func:`sort_systems` (``"nn"``, the greedy chain via a
         KD tree); a string names a :func:`sort_systems` method; ``False``: generation order.
     solver : RecyclingSolver, optional
-        Default ``RecyclingSolver("gcrodr", restart=40, k=20)``; its space and statistics
+        Default ``RecyclingSolver("gcrodr")`` (restart 80, k 30); its space and statistics
         persist after the call.
     keys : array (N, ...), optional
         Sorting keys overriding the systems' params.

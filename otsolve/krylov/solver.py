@@ -24,9 +24,13 @@ class RecyclingSolver:
         GCRO-DR(m, k) for general matrices (Parks et al. 2006) or recycled/deflated CG for
         SPD matrices.
     restart : int
-        GCRO-DR basis size m per cycle (ignored by rcg).
+        GCRO-DR basis size m per cycle (ignored by rcg). Default 80 (the function
+        :func:`~otsolve.krylov.gcrodr` keeps SKR's 40): on the Darcy, anisotropic and
+        high-contrast diffusion benchmarks GCRO-DR(80, 30) needed 1.3-1.7x fewer mat-vecs than
+        GCRO-DR(40, 20) and less time; with a strong preconditioner (ILU), whose solves take
+        ~40 steps, ``restart=60, k=20`` is slightly better.
     k : int
-        Recycled dimension (``k < restart`` for GCRO-DR).
+        Recycled dimension (``k < restart`` for GCRO-DR), default 30.
     rtol, atol, maxiter :
         As in :func:`otsolve.krylov.gcrodr`.
     x0 : {"zero", "previous"}
@@ -47,7 +51,7 @@ class RecyclingSolver:
         solve (one mat-vec each), so its initial projection minimises the residual over
         ``span(U, previous solutions)`` — SciPy ``gcrotmk`` does the same with its ``(None, x)``
         pairs. Pays on sorted sequences whose neighbours are close (low-dimensional
-        parameters); ``0`` switches it off. ``k + augment < restart``.
+        parameters); ``0`` switches it off. At most ``restart - 1 - k`` are used.
 
     Attributes
     ----------
@@ -58,7 +62,7 @@ class RecyclingSolver:
         (true relative residual at exit), converged, time (s), recycle_dim.
     """
 
-    def __init__(self, method: str = "gcrodr", *, restart: int = 40, k: int = 20, rtol: float = 1e-5,
+    def __init__(self, method: str = "gcrodr", *, restart: int = 80, k: int = 30, rtol: float = 1e-5,
                  atol: float = 0.0, maxiter: int | None = None, x0: str = "zero", recycle: bool = True,
                  ell: int | None = None, shrink: bool = False, single_thread_blas: bool = True,
                  augment: int = 1) -> None:
@@ -71,8 +75,6 @@ class RecyclingSolver:
         check_tolerances(rtol, atol)
         if isinstance(augment, bool) or not isinstance(augment, (int, np.integer)) or augment < 0:
             raise ValueError(f"augment must be an integer >= 0, got {augment!r}")
-        if method == "gcrodr" and k + augment >= restart:
-            raise ValueError(f"k + augment = {k + augment} must be smaller than restart={restart}")
         self.augment = int(augment)
         self._sols: list[np.ndarray] = []
         self.method, self.restart, self.k = method, int(restart), int(k)
