@@ -120,6 +120,11 @@ def to_core(x: Any, *, gpu: bool | None = None) -> Any:
         cp = _cupy() if gpu is not False else None
         return cp.from_dlpack(x.contiguous()) if cp is not None else x.cpu().numpy()
     if aac.is_jax_array(x):
+        import jax  # noqa: PLC0415
+
+        if isinstance(x, jax.core.Tracer):
+            raise ValueError("otsolve's solvers run outside JAX: JAX arrays pass through by value, but they cannot be "
+                             "traced (jax.grad / jax.jit / jax.vmap); use PyTorch tensors for gradients")
         dev = str(aac.device(x)).lower()
         cp = _cupy() if gpu is not False and ("cuda" in dev or "gpu" in dev) else None
         return cp.from_dlpack(x) if cp is not None else np.asarray(x)

@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import ot
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import otsolve
 import otsolve.pot as opot
@@ -54,6 +56,20 @@ def test_every_method_matches_pot(prob, method):
     if method in ("sinkhorn_stabilized", "sinkhorn_epsilon_scaling"):
         np.testing.assert_allclose(np.exp((log["alpha"][:, None] + log["beta"][None, :] - M) / reg), P, atol=1e-12)
     np.testing.assert_allclose(u[:, None] * np.exp(-M / reg) * v[None, :], P, rtol=1e-8, atol=1e-15)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 12), m=st.integers(1, 12), reg=st.floats(0.05, 2.0), seed=st.integers(0, 2**31 - 1),
+       method=st.sampled_from(SINKHORN_METHODS))
+def test_property_plan_matches_pot(n, m, reg, seed, method):
+    rng = np.random.default_rng(seed)
+    a, b = rng.random(n) + 0.05, rng.random(m) + 0.05
+    a, b = a / a.sum(), b / b.sum()
+    M = rng.random((n, m))
+    P_ref = ot.sinkhorn(a, b, M, reg, method="sinkhorn_log", stopThr=1e-14, numItermax=100000, warn=False)
+    P = otsolve.sinkhorn(a, b, M, reg, method=method, stopThr=1e-12)
+    np.testing.assert_allclose(P, P_ref, atol=1e-11)
+    assert otsolve.sinkhorn2(a, b, M, reg, stopThr=1e-12) == pytest.approx(float(np.sum(M * P_ref)), abs=1e-11)
 
 
 def test_method_names_checked_as_pot(prob):
@@ -249,6 +265,8 @@ def test_jax_in_jax_out(prob):
     assert isinstance(P, jax.Array) and P.dtype == jM.dtype and P.shape == M.shape
     assert isinstance(loss, jax.Array) and loss.ndim == 0
     assert float(loss) == pytest.approx(ot.sinkhorn2(a, b, M, 0.1, stopThr=1e-12), rel=1e-5)
+    with pytest.raises(ValueError, match="cannot be traced"):
+        jax.grad(lambda m: otsolve.sinkhorn2(ja, jb, m, 0.1))(jM)
 
 
 def test_lists_and_empty_weights(prob):
