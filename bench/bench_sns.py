@@ -11,7 +11,9 @@ load of a shared machine hits all methods alike):
 3. scaling: n = 2000 and 5000 random problems at eta = 1200: SNS time per Newton step and
    total, against otsolve Sinkhorn given the same or a larger time budget;
 4. small: near-permutation problems (n = 100-300, eta = 1200) where Jacobi-PCG stalls: SNS with
-   its direct fallback, SNS with CG only, and otsolve Sinkhorn.
+   its direct fallback, SNS with CG only, and otsolve Sinkhorn;
+5. compare (``--parts compare [--before DIR]``): the issue-13 speed check, SNS now vs a snapshot
+   of an earlier SNS vs RegOT ``sinkhorn_ssns`` on n = 500 random assignment and 32x32 images.
 
 ``python bench/bench_sns.py --quick`` runs tiny sizes (CI); ``--out FILE`` writes the tables.
 """
@@ -225,6 +227,59 @@ def small_near_permutation(ns, seeds, eta, tol, sinkhorn_iters):
                  f"({s.marginal_error:.1e}) |")
 
 
+def load_before(path: str):
+    """``run_sns`` for a snapshot of an earlier otsolve, importable as ``otsolve_before`` from
+    ``path`` (see ``--before``)."""
+    sys.path.insert(0, path)
+    from otsolve_before.problems import LinearProblem as BeforeProblem  # noqa: PLC0415
+    from otsolve_before.solvers.sns import SinkhornNewtonSparse as Before  # noqa: PLC0415
+
+    def run(C, a, b, eps, tol):
+        res = Before(tol=tol, warn=False)(BeforeProblem(C, a, b, epsilon=eps))
+        return dict(err=res.marginal_error, iters=f"{res.n_sinkhorn}+{res.n_newton}",
+                    conv=res.converged, res=res)
+
+    return run
+
+
+def before_after(before_dir: str | None, repeats: int, n: int = 500, size: int = 32) -> None:
+    """The issue-13 speed check: SNS now, SNS before (a snapshot) and RegOT ``sinkhorn_ssns``,
+    interleaved in one process: random assignment (n, eta = 1200, tol 1e-8) and size x size
+    digit images (eps = 0.01 and 0.002 x the cost scale)."""
+    before = load_before(before_dir) if before_dir else None
+    cases = []
+    rng = np.random.default_rng(0)
+    C = rng.random((n, n))
+    u = np.full(n, 1.0 / n)
+    cases.append((f"Random assignment, n = {n}, eta = 1200", C, u, u, 1 / 1200))
+    g = np.arange(size, dtype=float)
+    xy = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    Ci = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    Ci /= Ci.max()
+    imgs = digit_images(size)
+    for (i, j) in [(0, 1), (2, 3)]:
+        for eps in (0.01, 0.002):
+            cases.append((f"Images {size}x{size}, digits pair {(i, j)}", Ci, imgs[i], imgs[j], eps))
+    summary = []
+    for title, C, a, b, eps in cases:
+        methods = {"otsolve SNS": lambda C, a, b, e, t: run_sns(C, a, b, e, t)}
+        if before is not None:
+            methods["otsolve SNS (before)"] = before
+        if regot is not None:
+            methods["RegOT sinkhorn_ssns"] = lambda C, a, b, e, t: run_regot("sinkhorn_ssns", C, a, b, e, t)
+        times, _ = compare(title, C, a, b, eps, 1e-8, methods, repeats)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        summary.append((f"{title}, eps {eps:g}", med))
+    emit("\n**Summary** (medians; ratio = time / RegOT sinkhorn_ssns time)\n")
+    emit("| case | SNS now (s) | SNS before (s) | RegOT ssns (s) | now / RegOT | before / RegOT | now / before |")
+    emit("|---|---|---|---|---|---|---|")
+    for name, med in summary:
+        now, bef, reg = med["otsolve SNS"], med.get("otsolve SNS (before)"), med.get("RegOT sinkhorn_ssns")
+        f = (lambda v: f"{v:.4g}" if v is not None else "-")
+        r = (lambda x, y: f"{x / y:.3g}" if x is not None and y else "-")
+        emit(f"| {name} | {f(now)} | {f(bef)} | {f(reg)} | {r(now, reg)} | {r(bef, reg)} | {r(now, bef)} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
@@ -232,10 +287,17 @@ def main() -> int:
     parser.add_argument("--parts", default="random,images,scaling,small",
                         help="comma-separated parts; add 'bcd' to also run RegOT sinkhorn_bcd "
                              "(minutes) in the random-assignment part")
+    parser.add_argument("--before", metavar="DIR",
+                        help="directory holding a snapshot of an earlier otsolve as the package "
+                             "'otsolve_before' (python files + its built _ext_*.so): the 'compare' "
+                             "part then times it interleaved with the current SNS")
     args = parser.parse_args()
     parts = args.parts.split(",")
     emit(f"otsolve SNS benchmark ({'quick' if args.quick else 'full'}); regot "
          f"{'yes' if regot else 'missing'}, POT {getattr(ot, '__version__', 'missing')}")
+    if "compare" in parts:
+        before_after(args.before, repeats=3 if args.quick else 7, n=200 if args.quick else 500,
+                     size=12 if args.quick else 32)
     if args.quick:
         if "random" in parts:
             random_assignment(200, 1200, 1e-8, repeats=3, sinkhorn_iters=5_000)

@@ -61,6 +61,8 @@ except ImportError:  # pragma: no cover - source checkout without a build
 # Cholesky, ~0.2 s at 3000): near-permutation plans (small n, large eta) make M~ so
 # ill-conditioned that Jacobi-PCG stalls.
 DIRECT_MAX = 3000
+# Allocations below this many bytes are not checked against the available memory.
+_SMALL = 1 << 26
 # Largest k_row of the CUDA top-k kernel (register lists of 8, 16 or 32 entries per lane).
 K_MAX = 32
 
@@ -205,7 +207,8 @@ class HostSNSKernels:
         need += _direct_bytes(n, m)
         if not self.compiled:
             need += 4 * n * m * 8  # the NumPy reference's float64 temporaries
-        return need, available_memory(), "memory"
+        # below 64 MiB there is nothing worth checking (and reading /proc/meminfo costs ~0.5 ms)
+        return need, (available_memory() if need > _SMALL else None), "memory"
 
     def setup(self, kernel_memory: float) -> None:
         """Materialise the support's cost and the problem the Sinkhorn blocks run on."""
@@ -400,6 +403,8 @@ class CudaSNSKernels:
         isz = self.dtype.itemsize
         need = 0 if self._full or self.ops[0] != "dense" else n * m * isz
         need += 2 * n * min(k, K_MAX) * (4 + isz) + 24 * 8 * (n + m)
+        if need <= _SMALL:
+            return need, None, "GPU memory"
         with self._dev():
             free = int(self.xp.cuda.Device().mem_info[0])
         return need, free, "GPU memory"
