@@ -30,7 +30,7 @@ def test_block_extraction_and_markers(tmp_path):
         "   ```python\n   y = x + 1\n   ```\n"
     )
     blocks = python_blocks(md)
-    assert [b.line for b in blocks] == [3, 8, 15, 18]
+    assert [b.line for b in blocks] == [3, 8, 16, 19]
     assert blocks[1].skip_reason().startswith("marked: skip")
     assert blocks[2].skip_reason() == "needs no_such_module_xyz"
     assert blocks[0].skip_reason() is None and blocks[3].code == "y = x + 1\n"
