@@ -12,14 +12,15 @@ solved independently.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from ._validation import as_float_array, check_epsilon, check_finite, check_positive_int
+from ._validation import as_float_array, check_epsilon, check_finite, check_positive_int, renamed_kwarg
 from .backends import is_cupy
-from .solvers.sparsity_constrained import ScotObjective, _adam, _lbfgs
+from .solvers.sparsity_constrained import ScotObjective, _adam, _lbfgs, adam_diverged, check_lr
 
 __all__ = ["route", "RoutingResult", "expert_capacity"]
 
@@ -94,10 +95,11 @@ def route(
     gamma: float = 1.0,
     num_steps: int = 20,
     optimizer: str = "adam",
-    learning_rate: float = 1e-2,
+    lr: float = 1e-2,
     normalize: str | None = "softmax",
     combine: str = "gates",
     compiled: bool = True,
+    learning_rate: float | None = None,
 ) -> RoutingResult:
     """Route tokens to experts with a k-sparse OT plan (Liu, Puigcerver & Blondel, ICLR 2023).
 
@@ -118,14 +120,18 @@ def route(
     num_steps : int, default 20
         Optimizer steps per group (Adam: fixed; L-BFGS: at most).
     optimizer : {"adam", "lbfgs"}, default "adam"
-    learning_rate : float, default 1e-2
-        Adam step size.
+    lr : float, default 1e-2
+        Adam step size. More than 1e3 x the scale of the potentials (cost range + gamma x the
+        largest mass) is refused with a ValueError; groups whose Adam ascent ends below its
+        starting objective (too large a step: tokens get dropped) give a RuntimeWarning.
     normalize : {"softmax", None}, default "softmax"
         Similarity = softmax of the scores over experts; cost = -similarity.
     combine : {"gates", "plan"}, default "gates"
         Combine weights: softmax gates on the dispatched positions, or the plan values.
     compiled : bool, default True
         numba kernels (False: the NumPy references).
+    learning_rate : float, optional
+        Deprecated old name of ``lr``.
 
     Returns
     -------
@@ -139,12 +145,14 @@ def route(
     >>> int(r.expert_load.max()) <= 12
     True
     """
+    if learning_rate is not None:  # deprecated alias (lr's default cannot tell "not given" apart)
+        lr = renamed_kwarg(None, learning_rate, "lr", "learning_rate")
     if is_cupy(scores):
         # CuPy in -> CuPy out on the same device; the per-group solves are CPU code (numba top-k)
         import cupy as cp  # noqa: PLC0415
 
         host = route(scores.get(), capacity, mode=mode, gamma=gamma, num_steps=num_steps, optimizer=optimizer,
-                     learning_rate=learning_rate, normalize=normalize, combine=combine, compiled=compiled)
+                     lr=lr, normalize=normalize, combine=combine, compiled=compiled)
         with cp.cuda.Device(scores.device.id):
             return replace(host, **{f.name: cp.asarray(getattr(host, f.name)) for f in fields(host)
                                     if isinstance(getattr(host, f.name), np.ndarray)})
@@ -157,7 +165,7 @@ def route(
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     gamma = check_epsilon(gamma, "gamma")
     num_steps = check_positive_int(num_steps, "num_steps")
-    learning_rate = check_epsilon(learning_rate, "learning_rate")
+    lr = check_epsilon(lr, "lr")
     if optimizer not in ("adam", "lbfgs"):
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
     if normalize not in ("softmax", None):
@@ -170,8 +178,12 @@ def route(
     groups = x.reshape(-1, T, E).astype(np.float64)
     sim = _softmax(groups) if normalize == "softmax" else groups
     token_mass, expert_mass = np.ones(T), np.full(E, T / E)
+    if optimizer == "adam":
+        crange = float(np.max(sim.max(axis=(1, 2)) - sim.min(axis=(1, 2))))
+        lr = check_lr(lr, crange + gamma * max(1.0, T / E))
 
     B = groups.shape[0]
+    diverged = 0
     plan = np.zeros((B, T, E))
     values = np.empty(B)
     for g in range(B):
@@ -181,10 +193,12 @@ def route(
             obj = ScotObjective(-sim[g].T, expert_mass, token_mass, capacity, gamma, "semi_dual", compiled)
         x0 = np.zeros(obj.n)
         if optimizer == "adam":
-            xa = _adam(obj, x0, learning_rate, num_steps, 0.0)[0]
+            xa, *_, v0 = _adam(obj, x0, lr, num_steps, 0.0)
         else:
             xa = _lbfgs(obj, x0, 1e-9, num_steps, 10)[0]
         values[g], _ = obj.evaluate(xa)
+        if optimizer == "adam" and adam_diverged(values[g], v0):
+            diverged += 1
         keep = obj.idx >= 0
         cols = np.nonzero(keep)[0]
         rows = obj.idx[keep]
@@ -193,6 +207,11 @@ def route(
         else:
             plan[g, cols, rows] = obj.tval[keep]
 
+    if diverged:
+        dropped = int((plan.sum(axis=2) == 0).sum())
+        warnings.warn(
+            f"route: the Adam ascent diverged in {diverged} of {B} group(s) (objective below its start; "
+            f"{dropped} of {B * T} tokens dropped): lower lr (now {lr:g})", RuntimeWarning, stacklevel=2)
     dispatch = plan > 0
     weights = np.where(dispatch, sim, 0.0) if combine == "gates" else plan
     err_tok = np.abs(plan.sum(axis=2) - 1.0).sum(axis=1)

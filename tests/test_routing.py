@@ -65,7 +65,7 @@ def test_batching_is_per_group(rng):
 
 def test_adam_steps_raise_the_objective(rng):
     scores = rng.normal(size=(64, 8))
-    v = [float(otsolve.route(scores, 8, num_steps=s, learning_rate=5e-2).value) for s in (1, 50, 200)]
+    v = [float(otsolve.route(scores, 8, num_steps=s, lr=5e-2).value) for s in (1, 50, 200)]
     assert v[0] < v[1] < v[2]
     # more steps bring the token masses closer to 1
     e = [float(otsolve.route(scores, 8, num_steps=s, optimizer="lbfgs").marginal_error_tokens)

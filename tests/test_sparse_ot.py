@@ -299,7 +299,7 @@ def test_adam_optimizer_improves(rng):
     C, a, b = _problem(rng, 20, 20)
     prob = otsolve.LinearProblem(C, a, b)
     r0 = SparsityConstrainedOT(k=3, gamma=1.0, optimizer="adam", max_iter=1, warn=False)(prob)
-    r1 = SparsityConstrainedOT(k=3, gamma=1.0, optimizer="adam", max_iter=300, learning_rate=1e-2, warn=False)(prob)
+    r1 = SparsityConstrainedOT(k=3, gamma=1.0, optimizer="adam", max_iter=300, lr=1e-2, warn=False)(prob)
     assert r1.value > r0.value and r1.n_iter == 300
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from .._validation import check_epsilon, check_positive_int
+from .._validation import check_epsilon, check_memory, check_positive_int, renamed_kwarg
 from ..kernels.topk import get_topk_kernels
 from ..problems import LinearProblem
 from ._common import is_cupy_problem, warn_not_converged
@@ -117,19 +117,47 @@ def _lbfgs(obj: ScotObjective, x0: np.ndarray, tol: float, max_iter: int, histor
 
 
 def _adam(obj: ScotObjective, x0: np.ndarray, lr: float, n_steps: int, tol: float):
-    """Plain Adam ascent for a fixed number of steps (the V-MoE routers' optimizer)."""
+    """Plain Adam ascent for a fixed number of steps (the V-MoE routers' optimizer).
+
+    Returns ``(x, ok, n_steps_done, code, message, start_value)``; ``start_value`` is the
+    objective at ``x0`` (an ascent that ends below it diverged: the step ``lr`` is too large).
+    """
     x = x0.copy()
     m1 = np.zeros_like(x)
     m2 = np.zeros_like(x)
     b1, b2, eps = 0.9, 0.999, 1e-8
+    v0 = np.nan
     for t in range(1, n_steps + 1):
-        _, g = obj.evaluate(x)
+        val, g = obj.evaluate(x)
+        if t == 1:
+            v0 = val
         if obj.grad_l1[-1] <= tol:
-            return x, True, t - 1, 0, "gradient L1 norm <= tol"
+            return x, True, t - 1, 0, "gradient L1 norm <= tol", v0
         m1 = b1 * m1 + (1 - b1) * g
         m2 = b2 * m2 + (1 - b2) * g * g
         x = x + lr * (m1 / (1 - b1**t)) / (np.sqrt(m2 / (1 - b2**t)) + eps)
-    return x, False, n_steps, 1, f"ran the fixed {n_steps} Adam steps"
+    return x, False, n_steps, 1, f"ran the fixed {n_steps} Adam steps", v0
+
+
+def adam_diverged(value: float, start_value: float) -> bool:
+    """An Adam ascent that ends at a non-finite value or below its starting value diverged."""
+    return not np.isfinite(value) or value < start_value - 1e-12 * (1.0 + abs(start_value))
+
+
+def check_lr(lr: Any, scale: float, name: str = "lr") -> float:
+    """An Adam step: positive, finite and not absurdly larger than the potentials' scale.
+
+    Each Adam step moves every potential by about ``lr``; the optimal potentials lie within
+    about ``scale`` (cost range + gamma * largest mass) of the start, so ``lr > 1e3 * scale``
+    throws the iterate far outside, where the plan is empty (every token dropped).
+    """
+    lr = check_epsilon(lr, name)
+    if lr > 1e3 * scale:
+        raise ValueError(
+            f"{name}={lr!r} is far larger than the scale of the dual potentials (~{scale:.3g}: cost range + "
+            f"gamma x largest mass): every Adam step would move them by ~{name} and empty the plan; "
+            f"use {name} <= {1e3 * scale:.3g} (typically 1e-3 .. 1e-1 x that scale)")
+    return lr
 
 
 @dataclass(frozen=True)
@@ -157,17 +185,21 @@ class SparsityConstrainedOT:
     tol : float, default 1e-9
         L-BFGS-B tolerance (SciPy's ``tol``: relative objective decrease and projected gradient).
     max_iter : int, default 1000
-        L-BFGS iterations (Adam: the fixed number of steps).
+        L-BFGS iterations, at most (SciPy's ``maxiter``); with ``optimizer="adam"`` the fixed
+        number of Adam steps.
     optimizer : {"lbfgs", "adam"}, default "lbfgs"
-        ``"adam"`` runs a fixed number of Adam steps (``learning_rate``), as the V-MoE routers do.
-    learning_rate : float, default 1e-2
-        Adam step size.
+        ``"adam"`` runs a fixed number of Adam steps (``lr``), as the V-MoE routers do.
+    lr : float, default 1e-2
+        Adam step size (positive; more than 1e3 x the potentials' scale is refused). An Adam run
+        that ends below its starting objective is reported as ``status="diverged"``.
     history : int, default 10
         L-BFGS memory.
     compiled : bool, default True
         numba kernels (parallel over columns); False: the NumPy references.
     warn : bool, default True
         RuntimeWarning when the optimizer does not report convergence.
+    learning_rate : float, optional
+        Deprecated old name of ``lr``.
 
     Returns (from ``__call__``)
     ---------------------------
@@ -201,10 +233,11 @@ class SparsityConstrainedOT:
     tol: float = 1e-9
     max_iter: int = 1000
     optimizer: str = "lbfgs"
-    learning_rate: float = 1e-2
+    lr: float = 1e-2
     history: int = 10
     compiled: bool = True
     warn: bool = True
+    learning_rate: float | None = field(default=None, repr=False, compare=False)
 
     method = "sparsity_constrained"
 
@@ -221,7 +254,11 @@ class SparsityConstrainedOT:
             raise ValueError(f"tol must be a positive number, got {self.tol!r}")
         check_positive_int(self.max_iter, "max_iter")
         check_positive_int(self.history, "history")
-        check_epsilon(self.learning_rate, "learning_rate")
+        if self.learning_rate is not None:  # deprecated alias of lr
+            lr = renamed_kwarg(None, self.learning_rate, "lr", "learning_rate", stacklevel=4)
+            object.__setattr__(self, "lr", lr)
+            object.__setattr__(self, "learning_rate", None)
+        check_epsilon(self.lr, "lr")
 
     # ------------------------------------------------------------------------------------
     def _init(self, init: Any, n: int, m: int) -> np.ndarray:
@@ -251,6 +288,7 @@ class SparsityConstrainedOT:
             raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
         if is_cupy_problem(problem):
             return self._solve_on_host(problem, init)
+        self._check_memory(problem)
         C = np.asarray(problem.geom.cost_matrix, dtype=np.float64)
         a = np.asarray(problem.a, dtype=np.float64)
         b = np.asarray(problem.b, dtype=np.float64)
@@ -264,8 +302,14 @@ class SparsityConstrainedOT:
         if self.optimizer == "lbfgs":
             x, ok, nit, code, msg = _lbfgs(obj, x0, float(self.tol), int(self.max_iter), int(self.history))
         else:
-            x, ok, nit, code, msg = _adam(obj, x0, float(self.learning_rate), int(self.max_iter), float(self.tol))
+            scale = float(C.max() - C.min()) + self.gamma * float(max(a.max(), b.max()))
+            x, ok, nit, code, msg, v0 = _adam(obj, x0, check_lr(self.lr, scale), int(self.max_iter),
+                                              float(self.tol))
         value, _ = obj.evaluate(x)  # leaves the plan of the returned point in obj
+        if self.optimizer == "adam" and adam_diverged(value, v0):
+            ok, code = False, 2
+            msg = (f"Adam diverged: the objective went from {v0:.6g} to {value:.6g} in {nit} steps; "
+                   f"lower lr (now {self.lr:g})")
         elapsed = time.perf_counter() - t0
 
         alpha = x[:n]
@@ -292,6 +336,8 @@ class SparsityConstrainedOT:
         merr = err_a + err_b
 
         status = {0: "converged", 1: "max_iter"}.get(code, "stalled")
+        if self.optimizer == "adam" and code == 2:
+            status = "diverged"
         message = (f"{msg}; marginal L1 errors: a {err_a:.3g}, b {err_b:.3g}")
         if not ok and self.warn:
             warn_not_converged("SparsityConstrainedOT", message)
@@ -322,6 +368,21 @@ class SparsityConstrainedOT:
         )
         res.potentials_convention = SCOT_POTENTIALS_CONVENTION
         return res
+
+    def _check_memory(self, problem: LinearProblem) -> None:
+        """Refuse, before allocating, a problem whose dense float64 cost and its transposed copy
+        (what the top-k kernels read) cannot fit in the available memory."""
+        n, m = problem.shape
+        item = np.dtype(problem.dtype).itemsize
+        online = bool(getattr(problem.geom, "is_online", False))
+        need = 8.0 * n * m  # the transposed float64 copy the kernels read
+        if online:  # the cost is materialised first
+            need += item * n * m
+        if item != 8:  # and converted to float64
+            need += 8.0 * n * m
+        check_memory(need, f"SparsityConstrainedOT on a {n} x {m} problem (dense float64 cost and its "
+                     "transposed copy)", "the solver needs the dense cost; use a smaller problem or "
+                     "Sinkhorn on a PointCloud (O(n + m) memory)")
 
     def _solve_on_host(self, problem: LinearProblem, init: Any) -> OTResult:
         """CuPy problem: solved on the host (the top-k kernels and L-BFGS-B are CPU code), the

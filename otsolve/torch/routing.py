@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import renamed_kwarg
 from ..routing import _MODES, _softmax, expert_capacity
 from ..routing import route as _core_route
 
@@ -137,7 +138,7 @@ class _RouteFn(torch.autograd.Function):
         xn = x.cpu().numpy()  # zero-copy view for CPU tensors
         res = _core_route(xn, opts["capacity"], mode=opts["mode"], gamma=opts["gamma"],
                           num_steps=opts["num_steps"], optimizer=opts["optimizer"],
-                          learning_rate=opts["learning_rate"], normalize=opts["normalize"],
+                          lr=opts["lr"], normalize=opts["normalize"],
                           combine="gates", compiled=opts["compiled"])
         batch_shape, (T, E) = xn.shape[:-2], xn.shape[-2:]
         groups = xn.reshape(-1, T, E).astype(np.float64)
@@ -219,12 +220,13 @@ def route(
     gamma: float = 1.0,
     num_steps: int = 20,
     optimizer: str = "adam",
-    learning_rate: float = 1e-2,
+    lr: float = 1e-2,
     normalize: str | None = "softmax",
     combine: str = "gates",
     compiled: bool = True,
     polish: bool = False,
     grad: str = "implicit",
+    learning_rate: float | None = None,
 ) -> RouterOutput:
     """k-sparse MoE routing (Liu, Puigcerver & Blondel, ICLR 2023) as a differentiable layer.
 
@@ -236,8 +238,8 @@ def route(
     ----------
     scores : Tensor (..., tokens, experts)
         Router logits (float32 or float64, any device; the solve runs on the CPU).
-    capacity, mode, gamma, num_steps, optimizer, learning_rate, normalize, combine, compiled
-        As in :func:`otsolve.route`.
+    capacity, mode, gamma, num_steps, optimizer, lr, normalize, combine, compiled
+        As in :func:`otsolve.route` (``learning_rate``: deprecated old name of ``lr``).
     polish : bool, default False
         Replace each group's plan by the exact optimum of the quadratic problem on the solver's
         support (one linear solve; both marginals exact) when that optimum is positive on the
@@ -255,9 +257,11 @@ def route(
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if combine not in ("gates", "plan"):
         raise ValueError(f"combine must be 'gates' or 'plan', got {combine!r}")
+    if learning_rate is not None:  # deprecated alias (lr's default cannot tell "not given" apart)
+        lr = renamed_kwarg(None, learning_rate, "lr", "learning_rate")
     s = _scores(scores)
     opts = dict(capacity=capacity, mode=mode, gamma=gamma, num_steps=num_steps, optimizer=optimizer,
-                learning_rate=learning_rate, normalize=normalize, compiled=compiled, polish=bool(polish))
+                lr=lr, normalize=normalize, compiled=compiled, polish=bool(polish))
     if grad == "detach":
         s = s.detach()
     gates, plan, value, dispatch, polished = _RouteFn.apply(s, opts)
@@ -292,11 +296,12 @@ class SparseRouter(torch.nn.Module):
     in_features : int, optional
         Adds ``self.gate = nn.Linear(in_features, num_experts, bias=False)``.
     **options
-        ``mode``, ``gamma``, ``num_steps``, ``optimizer``, ``learning_rate``, ``normalize``,
-        ``combine``, ``compiled``, ``polish``, ``grad`` (see :func:`route`).
+        ``mode``, ``gamma``, ``num_steps``, ``optimizer``, ``lr``, ``normalize``,
+        ``combine``, ``compiled``, ``polish``, ``grad`` (see :func:`route`; ``learning_rate`` is
+        the deprecated old name of ``lr``).
     """
 
-    _ALLOWED = {"mode", "gamma", "num_steps", "optimizer", "learning_rate", "normalize", "combine",
+    _ALLOWED = {"mode", "gamma", "num_steps", "optimizer", "lr", "learning_rate", "normalize", "combine",
                 "compiled", "polish", "grad"}
 
     def __init__(self, num_experts: int, capacity: int | None = None, capacity_factor: float = 1.0,
