@@ -335,3 +335,44 @@ def test_read_only_finished_output_is_reported_done(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(os, "access", lambda p, m, *a, **k: m != os.W_OK)
     with pytest.raises(DatagenIOError, match="samples are left"):
         generate(FAMILY, N, GRID, part, **KW)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("dask.distributed")
+    c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
+                                 host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    yield c
+    c.close()
+
+
+def _child_dask(path, address):
+    generate(FAMILY, N, GRID, path, scheduler=address, **KW)
+
+
+def test_zarr_on_a_cluster_client_killed_and_worker_failing(tmp_path, ctx, reference, cluster, monkeypatch):
+    """Zarr written by Dask workers: the client SIGKILLed at random moments (its running tasks may
+    still write their chunks: the writes are idempotent), then a worker's write failing with EIO;
+    the resumed store equals the uninterrupted run."""
+    path = tmp_path / "cluster.zarr"
+    rng = random.Random(16)
+    for _ in range(2):
+        p = ctx.Process(target=_child_dask, args=(str(path), cluster.scheduler_address))
+        p.start()
+        time.sleep(rng.uniform(0.2, 1.0))
+        p.kill()
+        p.join(60)
+        assert_done_rows_honest(path, reference["zarr"])
+    # workers run in this process (processes=False): a failing writer there fails the run
+    monkeypatch.setattr(zarr_store, "_write_array", _failing(zarr_store._write_array, 3, errno.EIO))
+    from dask.distributed import Client
+
+    with Client(cluster) as client:
+        try:
+            generate(FAMILY, N, GRID, path, client=client, **KW)
+        except DatagenIOError as exc:  # unless the killed runs had already finished every chunk
+            assert exc.errno == errno.EIO and "at least" in str(exc)
+        assert_done_rows_honest(path, reference["zarr"])
+        monkeypatch.undo()
+        generate(FAMILY, N, GRID, path, client=client, **KW)
+    assert_equal_to_reference(path, reference["zarr"])

@@ -327,9 +327,10 @@ def _generate(state, store, cluster, settings, family, samples, grid, seed, opti
                       out_name if zarr_out else None)
     except DatagenIOError as exc:
         left = samples - n_done0 - written
-        raise DatagenIOError(exc.errno, f"{exc.strerror or exc}; stopped with {n_done0 + written} of {samples} "
-                             f"samples done and intact ({left} left): fix the cause and rerun the same command "
-                             "to resume") from None
+        at_least = "" if cluster is None else "at least "  # chunks in flight on other workers may finish
+        raise DatagenIOError(exc.errno, f"{exc.strerror or exc}; stopped with {at_least}{n_done0 + written} of "
+                             f"{samples} samples done and intact ({left} left): fix the cause and rerun the same "
+                             "command to resume") from None
     finally:
         if bar is not None:
             bar.close()
