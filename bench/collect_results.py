@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ORDER = ["sinkhorn", "sns", "sparse_ot", "lightsb", "krylov", "torch", "gpu"]
+ORDER = ["sinkhorn", "sns", "sparse_ot", "lightsb", "krylov", "datagen", "torch", "gpu"]
 
 HEADER = """# Benchmark results
 
@@ -27,6 +27,7 @@ times. Each section is kept in `bench/results/<topic>.md` and stitched here by
 | [Sparsity-constrained OT](#sparse-ot) | vs POT `ot.smooth` sparsity-constrained dual / semi-dual; MoE routing |
 | [LightSB](#lightsb) | cB-W2-UVP table vs published figures and a POT discrete baseline |
 | [Krylov](#krylov) | SKR / GCRO-DR vs SciPy GMRES, gcrotmk, splu; datagen pipeline |
+| [Datagen](#datagen) | data pipeline: one process vs LocalCluster vs separate scheduler; sort at 100,000 samples |
 | [PyTorch layer](#torch) | Sinkhorn divergence vs GeomLoss; implicit vs unrolled gradients |
 | [GPU](#gpu) | not yet measured (no GPU lent to the sessions so far) |
 """
