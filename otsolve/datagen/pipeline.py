@@ -48,12 +48,34 @@ def _normalise_options(family: str, options: Any) -> dict[str, Any]:
             close = difflib.get_close_matches(str(key), list(valid), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"options: unknown key {key!r} for {family}{hint}; valid keys: {', '.join(sorted(valid))}")
+    for key, value in options.items():
+        _check_option_type(family, key, value, valid[key])
     full = {**valid, **options}
     try:  # JSON round trip: what is stored is what is used (tuples become lists)
         full = json.loads(json.dumps(full, sort_keys=True))
     except (TypeError, ValueError):
         raise ValueError(f"options must be JSON-serialisable, got {options!r}") from None
     return full
+
+
+def _check_option_type(family: str, key: str, value: Any, default: Any) -> None:
+    """The type of an option value must be that of its default (a number, a string, a pair...)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if number(default):
+        ok = number(value)
+        want = "a number"
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+        want = "a string"
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list)) and len(value) == len(default) and all(number(v) for v in value)
+        want = f"a list of {len(default)} numbers"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"options: {key} for {family} must be {want} (default {json.dumps(default)}), got {value!r}")
 
 
 def solve_chunk(family: str, grid: int, seed: int, indices, options: dict, solver_opts: dict,

@@ -179,12 +179,12 @@ class H5Store:
         parent = self.path.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(parent).free
+            usage = shutil.disk_usage(parent)
         except OSError as exc:
             raise DatagenIOError(exc.errno, f"cannot create {self.path}: {exc.strerror or exc}") from None
-        if free < need:
-            raise DatagenIOError(errno.ENOSPC, f"cannot create {self.path}: it needs {need / 1e6:.1f} MB and "
-                                 f"{parent} has {free / 1e6:.1f} MB free")
+        if usage.total > 0 and usage.free < need:  # (pseudo-filesystems report 0 and fail below)
+            raise DatagenIOError(errno.ENOSPC, f"cannot create {self.path}: it needs {_size(need)} and "
+                                 f"{parent} has {_size(usage.free)} free")
         tmp = self.path.with_name(self.path.name + ".creating")
         f = None
         try:
@@ -316,6 +316,13 @@ def _verify_rows(fd: int, dset, idx: np.ndarray, values: np.ndarray, path: Path)
             raise DatagenIOError(errno.EIO, f"{path}: rows {idx[start]}..{idx[stop - 1]} of {dset.name} read back "
                                  "differ from what was written (the write did not reach the file)")
         start = stop
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _fsync_dir(path: Path) -> None:

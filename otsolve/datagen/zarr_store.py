@@ -38,12 +38,13 @@ def _local_root(url: str) -> Path | None:
     return None
 
 
-def _open(url: str, mode: str):
+def _open(url: str, mode: str, attributes: dict | None = None):
     import zarr
 
+    kw = {"attributes": attributes} if attributes is not None else {}
     if url.startswith("file://"):  # fsspec's local filesystem: directories made on demand
-        return zarr.open_group(url, mode=mode, storage_options={"auto_mkdir": True})
-    return zarr.open_group(url, mode=mode)
+        kw["storage_options"] = {"auto_mkdir": True}
+    return zarr.open_group(url, mode=mode, **kw)
 
 
 class ZarrStore:
@@ -63,8 +64,8 @@ class ZarrStore:
             raise ValueError(f"{self.url} exists and is not an otsolve datagen Zarr store ({type(exc).__name__}); "
                              "choose another --out") from None
         attrs = dict(g.attrs)
-        if attrs.get(_CREATING):
-            return None  # killed while being created: nothing was marked done, start again
+        if attrs.get(_CREATING) or (not attrs and not list(g.keys())):
+            return None  # killed while being created (an empty group: older versions): start again
         if "format" not in attrs:
             raise ValueError(f"{self.url} exists and is not an otsolve datagen store; choose another --out")
         compare_settings(self.url, attrs, settings)
@@ -103,8 +104,8 @@ class ZarrStore:
         out_dims = ("sample", "t") + axes if layout == "pdebench" else ("sample",) + axes
         try:
             _fault_point()
-            g = _open(self.url, "w")
-            g.attrs.update({**settings, "description": description, _CREATING: True})
+            # the group's first metadata already carries the "being created" mark
+            g = _open(self.url, "w", attributes={**settings, "description": description, _CREATING: True})
             _fault_point()
             g.create_array(in_name, shape=in_shape, chunks=(cs,) + in_shape[1:], dtype=dt, fill_value=np.nan,
                            dimension_names=in_dims)
