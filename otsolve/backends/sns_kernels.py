@@ -5,9 +5,9 @@ steps, the line search, adaptive ``k_row``, patience, the forcing term, the dire
 the fail-fast rule, the best iterate and the result. It sees the *support* of a problem (rows and
 columns with positive weight, ``n x m``) through a kernel set:
 
-``xp``, ``n``, ``m``, ``dtype``, ``a``, ``b``, ``k_max``
+``xp``, ``n``, ``m``, ``dtype``, ``a``, ``b``, ``k_max``, ``geom``
     array namespace, support shape, dtype of the potentials, support weights (float64 ``xp``
-    arrays) and the largest ``k_row`` the kernels support;
+    arrays), the largest ``k_row`` the kernels support and the problem's geometry;
 ``new_system(k)``
     buffers of one Newton system: ``row``, ``col`` (float64 ``xp`` arrays), ``mass``, ``kept``;
 ``form(S, x, y, dx, dy, alpha) -> bool``
@@ -175,6 +175,7 @@ class HostSNSKernels:
 
     def __init__(self, problem, rs, cs, eps: float, *, compiled: bool = True, n_threads: int = 0) -> None:
         geom = problem.geom
+        self.geom = geom
         n_full, m_full = geom.shape
         self.n, self.m = int(rs.size), int(cs.size)
         self.k_max = self.m
@@ -368,6 +369,7 @@ class CudaSNSKernels:
         self.xp = cp
         self._problem = problem
         geom = problem.geom
+        self.geom = geom
         self.device = problem.a.device
         self.dtype = np.dtype(problem.dtype)
         n_full, m_full = geom.shape

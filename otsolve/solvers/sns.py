@@ -322,12 +322,16 @@ class SinkhornNewtonSparse:
         # exact statistics of the returned plan, from scratch (zero-weight rows/columns carry
         # no mass: the support's statistics are the full problem's)
         xb, yb = out["x"], out["y"]
-        row, col, cost = K.measure(xb, yb)
-        a_s, b_s = _host(K.a), _host(K.b)
-        merr = float(np.abs(row - a_s).sum() + np.abs(col - b_s).sum())
-        xh, yh = _host(xb).astype(np.float64), _host(yb).astype(np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            plogp = (float(xh @ row) + float(yh @ col) - cost) / eps - float(row.sum())
+        if out["stats"] is not None:  # measured from scratch by the Sinkhorn solve that made (xb, yb)
+            merr, cost, value = out["stats"]
+        else:
+            row, col, cost = K.measure(xb, yb)
+            a_s, b_s = _host(K.a), _host(K.b)
+            merr = float(np.abs(row - a_s).sum() + np.abs(col - b_s).sum())
+            xh, yh = _host(xb).astype(np.float64), _host(yb).astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                plogp = (float(xh @ row) + float(yh @ col) - cost) / eps - float(row.sum())
+            value = cost + eps * plogp
         converged = bool(np.isfinite(merr) and merr <= tol)
         if converged:
             status, message = "converged", f"marginal L1 error {merr:.3g} <= tol {tol:.3g}"
@@ -347,7 +351,7 @@ class SinkhornNewtonSparse:
             f=f_full.astype(out_dtype),
             g=g_full.astype(out_dtype),
             cost=float(cost),
-            value=float(cost + eps * plogp),
+            value=float(value),
             converged=converged,
             n_iter=out["n_sinkhorn"] + out["n_newton"],
             marginal_error=merr,
@@ -390,7 +394,7 @@ class SinkhornNewtonSparse:
 
     def _hopeless_message(self, K, eps: float, fail: str, failures: int) -> str:
         try:
-            rng = float(K._problem.geom.cost_range())
+            rng = float(K.geom.cost_range())
             rel = f"epsilon = {eps:.3g} is {eps / rng:.2g} x the cost range {rng:.3g}"
         except Exception:  # noqa: BLE001 - a geometry without a cheap range: say less
             rel = f"epsilon = {eps:.3g}"
@@ -430,10 +434,17 @@ class SinkhornNewtonSparse:
             if res.status == "diverged" or not np.isfinite(res.marginal_error):
                 return float("inf"), 2, errs
             K.from_sinkhorn(res.f, res.g, x, y)
+            # Sinkhorn measured its plan from scratch; when (x, y) hold exactly its potentials
+            # (float64) that measurement is the result's, no further pass needed
+            last_stats[0] = ((float(res.marginal_error), float(res.cost), float(res.value))
+                             if np.dtype(res.f.dtype) == np.float64 else None)
             return float(res.marginal_error), (0 if res.converged else 1), errs
 
-        def finish(status: str, message: str, xb, yb) -> dict:
-            rec.update(x=xb, y=yb, status=status, message=message, errors=errors, k_row=k)
+        last_stats: list = [None]
+
+        def finish(status: str, message: str, xb, yb, stats=None) -> dict:
+            rec.update(x=xb, y=yb, status=status, message=message, errors=errors, k_row=k,
+                       stats=stats)
             return rec
 
         # ---- stage 1: Sinkhorn warm-up ------------------------------------------------------
@@ -459,7 +470,7 @@ class SinkhornNewtonSparse:
                             err = err2
         rec["sinkhorn_time"] = time.perf_counter() - t0
         if err <= tol:
-            return finish("converged", "converged in the Sinkhorn stage", x, y)
+            return finish("converged", "converged in the Sinkhorn stage", x, y, last_stats[0])
 
         # ---- stage 2: Newton with a sparsified Hessian --------------------------------------
         S_cur, S_try = K.new_system(k), K.new_system(k)
@@ -481,6 +492,8 @@ class SinkhornNewtonSparse:
             rec["fallbacks"].append(
                 f"dense plan (top-{k} entries per row hold {kept0:.2f} of the mass): ran "
                 f"over-relaxed Sinkhorn iterations first (error {err_sk:.3g})")
+            if st != 2 and err_sk <= tol:
+                return finish("converged", "converged in the Sinkhorn stage", x, y, last_stats[0])
             if st == 2 or not K.form(S_cur, x, y, zero_n, zero_m, 0.0):
                 return finish("diverged", "Sinkhorn block produced non-finite potentials", x, y)
         state = NewtonState(n, m, x, y)
