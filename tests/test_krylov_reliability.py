@@ -307,11 +307,12 @@ def _param_systems(n, grid=18, seed=0):
     return out
 
 
-def test_augment_with_previous_solution_saves_matvecs_on_a_smooth_sequence():
+@pytest.mark.parametrize("method", ["gcrodr", "rcg"])
+def test_augment_with_previous_solution_saves_matvecs_on_a_smooth_sequence(method):
     seq = _param_systems(12)
     runs = {}
     for aug in (0, 1, 2):
-        s = RecyclingSolver("gcrodr", rtol=1e-8, restart=30, k=10, augment=aug)
+        s = RecyclingSolver(method, rtol=1e-8, restart=30, k=10, augment=aug)
         for A, b in seq:
             x = s.solve(A, b)
             assert np.linalg.norm(b - A @ x) <= 1e-8 * np.linalg.norm(b)

@@ -20,7 +20,7 @@ __all__ = ["rcg"]
 
 def _rcg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, k=20, ell=None,
          recycle: RecycleSpace | None = None, callback: Callable | None = None,
-         reuse_AW: bool = True) -> tuple[np.ndarray, int, SolveStats]:
+         reuse_AW: bool = True, augment: np.ndarray | None = None) -> tuple[np.ndarray, int, SolveStats]:
     t_start = time.perf_counter()
     Aop, Mop, b, x, dtype, rtol, atol, maxiter = prepare(A, b, x0, M, rtol, atol, maxiter)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
@@ -51,14 +51,38 @@ def _rcg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, k=20, ell=
             AW = recycle.AU
         else:
             AW = np.ascontiguousarray(np.asarray(Aop.mat(W.T)).T)  # k mat-vecs, one sparse matmat
+    if augment is not None:
+        # previous solutions join the deflation space (one mat-vec each): the initial Galerkin
+        # projection then also minimises the A-norm error over span(W, previous solutions)
+        aug = np.asarray(augment, dtype=dtype).reshape(-1, n)
+        mx = np.max(np.abs(aug), axis=1) if aug.size else np.zeros(0)
+        ok = np.isfinite(mx) & (mx > 0)
+        aug = aug[ok] / mx[ok, None]
+        if aug.shape[0]:
+            aug /= np.linalg.norm(aug, axis=1)[:, None]
+            Aaug = np.ascontiguousarray(np.asarray(Aop.mat(aug.T)).T)
+            W = aug if W is None else np.concatenate([W, aug])
+            AW = Aaug if AW is None else np.concatenate([AW, Aaug])
     r = b.copy() if (x0 is None or not np.any(x)) else b - Aop(x)
     Ecf = None
     if W is not None:
         E = W.conj() @ AW.T
+        E = 0.5 * (E + E.conj().T)
         try:
-            Ecf = sla.cho_factor(0.5 * (E + E.conj().T))
+            Ecf = sla.cho_factor(E)
+            d = np.abs(np.diag(Ecf[0]))
+            if d.min() <= 1e-7 * d.max():
+                raise np.linalg.LinAlgError
         except np.linalg.LinAlgError:
-            W = AW = None  # the space is not A-definite for this matrix: drop it
+            # nearly dependent or not A-definite: keep the well-conditioned positive part, E = I
+            ev, V = np.linalg.eigh(E)
+            keep = ev > 1e-12 * max(ev.max(), 0.0) if ev.size and ev.max() > 0 else np.zeros(ev.shape, bool)
+            if np.any(keep):
+                T = (V[:, keep] / np.sqrt(ev[keep])).T
+                W, AW = T @ W, T @ AW
+                Ecf = sla.cho_factor(np.eye(W.shape[0], dtype=dtype))
+            else:
+                W = AW = None  # the space is not A-definite for this matrix: drop it
     if W is not None:
         x += W.T @ sla.cho_solve(Ecf, W.conj() @ r)
         r = b - Aop(x)  # W^T r = 0 from here on

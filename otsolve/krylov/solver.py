@@ -47,11 +47,11 @@ class RecyclingSolver:
         keep only that many (saves the per-system ``A U`` products when a strong
         preconditioner makes solves very short; can lose useful directions otherwise).
     augment : int
-        gcrodr only: the last ``augment`` solutions are added to the recycled space of the next
-        solve (one mat-vec each), so its initial projection minimises the residual over
-        ``span(U, previous solutions)`` — SciPy ``gcrotmk`` does the same with its ``(None, x)``
-        pairs. Pays on sorted sequences whose neighbours are close (low-dimensional
-        parameters); ``0`` switches it off. At most ``restart - 1 - k`` are used.
+        The last ``augment`` solutions are added to the recycled space of the next
+        solve (one mat-vec each), so its initial projection minimises the residual (gcrodr) or
+        the A-norm error (rcg: they join the deflation space) over ``span(U, previous
+        solutions)`` — SciPy ``gcrotmk`` does the same with its ``(None, x)`` pairs. Pays on sorted sequences whose neighbours are close (low-dimensional
+        parameters); ``0`` switches it off. gcrodr uses at most ``restart - 1 - k``.
 
     Attributes
     ----------
@@ -101,7 +101,7 @@ class RecyclingSolver:
             if self.method == "gcrodr":
                 x, info, st = _gcrodr(A, b, x0, restart=self.restart, shrink=self.shrink, augment=aug, **kw)
             else:
-                x, info, st = _rcg(A, b, x0, ell=self.ell, **kw)
+                x, info, st = _rcg(A, b, x0, ell=self.ell, augment=aug, **kw)
         self._record(st)
         self._prev = x
         if self.augment and np.any(x):
