@@ -378,15 +378,7 @@ class CudaSNSKernels:
             self._cs = cp.flatnonzero(problem.b > 0)
             self.n, self.m = int(self._rs.size), int(self._cs.size)
             self._full = self.n == n_full and self.m == m_full
-            kind, ops = geom.kernel_operands()
-            if kind == "dense":
-                C = ops[0] if self._full else ops[0][self._rs][:, self._cs]
-                self.ops = ("dense", (cp.ascontiguousarray(C),))
-            else:
-                X, YT, ck, scale = ops
-                if not self._full:
-                    X, YT = cp.ascontiguousarray(X[self._rs]), cp.ascontiguousarray(YT[:, self._cs])
-                self.ops = ("pointcloud", (X, YT, int(ck), float(scale)))
+            self.ops = None  # the support's operands, made by setup() once the memory is checked
             self.a = problem.a[self._rs].astype(cp.float64)
             self.b = problem.b[self._cs].astype(cp.float64)
         self.k_max = min(self.m, K_MAX)
@@ -403,7 +395,8 @@ class CudaSNSKernels:
     def memory(self, k: int) -> tuple[int, int | None, str]:
         n, m = self.n, self.m
         isz = self.dtype.itemsize
-        need = 0 if self._full or self.ops[0] != "dense" else n * m * isz
+        # a dense cost restricted to the support is a new array; point clouds stay on the fly
+        need = 0 if self._full or self.geom.is_online else n * m * isz
         need += 2 * n * min(k, K_MAX) * (4 + isz) + 24 * 8 * (n + m)
         if need <= _SMALL:
             return need, None, "GPU memory"
@@ -412,7 +405,18 @@ class CudaSNSKernels:
         return need, free, "GPU memory"
 
     def setup(self, kernel_memory: float) -> None:
+        cp = self.xp
         self.kernel_memory = kernel_memory
+        with self._dev():
+            kind, ops = self.geom.kernel_operands()
+            if kind == "dense":
+                C = ops[0] if self._full else ops[0][self._rs][:, self._cs]
+                self.ops = ("dense", (cp.ascontiguousarray(C),))
+            else:
+                X, YT, ck, scale = ops
+                if not self._full:
+                    X, YT = cp.ascontiguousarray(X[self._rs]), cp.ascontiguousarray(YT[:, self._cs])
+                self.ops = ("pointcloud", (X, YT, int(ck), float(scale)))
 
     # -- potentials -----------------------------------------------------------------------------
     def new_potentials(self, f, g):
