@@ -242,7 +242,12 @@ def check_memory(nbytes: float, what: str, hint: str = "") -> None:
 
 
 def _host(v):
-    return np.asarray(v.get() if hasattr(v, "get") and not isinstance(v, np.ndarray) else v)
+    """A NumPy view / copy of a NumPy, CuPy or torch array."""
+    if isinstance(v, np.ndarray):
+        return v
+    if hasattr(v, "detach"):  # torch
+        return v.detach().cpu().numpy()
+    return np.asarray(v.get() if hasattr(v, "get") else v)
 
 
 def check_cost_overflow(x, y, cost: str | Callable[..., Any], scale: float = 1.0) -> None:
@@ -253,23 +258,26 @@ def check_cost_overflow(x, y, cost: str | Callable[..., Any], scale: float = 1.0
     ``sum_k (max_k - min_k)^2``; "cityblock" by ``sum_k (max_k - min_k)``. With more than 4
     dimensions the block code expands ``|x|^2 + |y|^2 - 2 x.y``, so the squared norms count too.
     Without this check, coordinates ~1e200 give an infinite cost and the solver ends "diverged".
-    Callable costs are checked block by block instead (:func:`check_cost_block`).
+    Callable costs are checked block by block instead (:func:`check_cost_block`). ``x``, ``y``
+    are (n, d), (m, d) or batches (B, n, d), (B, m, d) (each problem is bounded on its own);
+    NumPy, CuPy or torch arrays.
     """
     if callable(cost):
         return
+    x, y = _host(x), _host(y)
     dt = np.dtype(x.dtype)
     big = float(np.finfo(dt).max)
     with np.errstate(over="ignore", invalid="ignore"):
-        lo = np.minimum(_host(x.min(axis=0)), _host(y.min(axis=0))).astype(np.float64)
-        hi = np.maximum(_host(x.max(axis=0)), _host(y.max(axis=0))).astype(np.float64)
+        lo = np.minimum(x.min(axis=-2), y.min(axis=-2)).astype(np.float64)
+        hi = np.maximum(x.max(axis=-2), y.max(axis=-2)).astype(np.float64)
         span = hi - lo
         if cost == "cityblock":
-            bound = float(np.sum(span))
+            bound = float(np.max(np.sum(span, axis=-1)))
         else:
-            bound = float(np.sum(span * span))
-            if x.shape[1] > 4:  # norm expansion in the block code
+            bound = float(np.max(np.sum(span * span, axis=-1)))
+            if x.shape[-1] > 4:  # norm expansion in the block code
                 amax = np.maximum(np.abs(lo), np.abs(hi))
-                bound = max(bound, float(np.sum(amax * amax)))
+                bound = max(bound, float(np.max(np.sum(amax * amax, axis=-1))))
         scaled = bound * abs(float(scale))
     if not (np.isfinite(bound) and bound <= big and np.isfinite(scaled) and scaled <= big):
         what = "distances" if cost == "cityblock" else "squared distances"

@@ -170,6 +170,19 @@ def test_pointcloud_far_from_origin_in_high_dimension_is_refused():
         otsolve.PointCloud(x)
 
 
+def test_cost_overflow_check_on_batches(rng):
+    """The check bounds each problem of a batch (B, n, d) on its own (for batched problems and
+    the torch layer)."""
+    from otsolve._validation import check_cost_overflow
+
+    x = rng.random((3, 5, 2))
+    check_cost_overflow(x, x, "sqeuclidean")
+    x[1, 0, 0] = 1e200
+    with pytest.raises(ValueError, match="overflow"):
+        check_cost_overflow(x, x, "sqeuclidean")
+    check_cost_overflow(x, x, "cityblock")
+
+
 def test_callable_cost_of_wrong_shape_or_non_finite_is_refused(rng):
     x, y = rng.random((10, 2)), rng.random((7, 2))
     bad = otsolve.PointCloud(x, y, cost=lambda xb, yb: np.zeros((3, 3)))
