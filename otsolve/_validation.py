@@ -100,32 +100,37 @@ def check_same_mass(a, b, rtol: float | None = None, name_a: str = "a", name_b: 
     to ``a``'s mass, as POT's ``ot.emd`` does: without it no plan can have a marginal error below
     ``|sum(a) - sum(b)|``, so a solve with ``tol`` under that gap could never converge. A gap
     above rounding (``100 * machine epsilon`` of the dtype, relative) is rescaled with a
-    UserWarning; rounding-level gaps (e.g. ``a / a.sum()``) are rescaled silently.
+    UserWarning; rounding-level gaps (e.g. ``a / a.sum()``) are rescaled silently. Batches
+    ``a`` (B, n), ``b`` (B, m) are checked and rescaled per problem.
     """
     xp = _xp(b)
     dt = np.dtype(b.dtype) if np.dtype(b.dtype).kind == "f" else np.dtype(np.float64)
     if rtol is None:
         rtol = 1e-6 if dt == np.float64 else 1e-4
-    sa, sb = float(a.sum()), float(b.sum())
-    gap = abs(sa - sb) / max(sa, sb)
-    if gap > rtol:
+    sa = np.asarray(_host(a.sum(axis=-1)), dtype=np.float64)
+    sb = np.asarray(_host(b.sum(axis=-1)), dtype=np.float64)
+    gap = np.abs(sa - sb) / np.maximum(sa, sb)
+    if np.any(gap > rtol):
+        k = int(np.argmax(gap > rtol)) if gap.ndim else None
+        fa, fb, fg = (float(v.flat[k] if k is not None else v) for v in (sa, sb, gap))
+        where = f" in problem {k}" if k is not None else ""
         raise ValueError(
-            f"{name_a} and {name_b} have different total masses ({sa!r} vs {sb!r}, relative gap {gap:.3g} > "
-            f"{rtol:g}); balanced OT needs equal masses (normalize them, e.g. {name_a} / {name_a}.sum() and "
-            f"{name_b} / {name_b}.sum())"
+            f"{name_a} and {name_b} have different total masses{where} ({fa!r} vs {fb!r}, relative gap "
+            f"{fg:.3g} > {rtol:g}); balanced OT needs equal masses (normalize them, e.g. {name_a} / "
+            f"{name_a}.sum() and {name_b} / {name_b}.sum())"
         )
-    if gap == 0.0:
+    if not np.any(gap > 0):
         return b
-    if gap > 100 * np.finfo(dt).eps:
+    if np.any(gap > 100 * np.finfo(dt).eps):
         warnings.warn(
-            f"{name_a} and {name_b} have slightly different total masses ({sa!r} vs {sb!r}, relative gap "
-            f"{gap:.3g}); {name_b} is rescaled to the mass of {name_a} (balanced OT needs equal masses: "
-            "no plan could otherwise have a marginal error below the gap)",
+            f"{name_a} and {name_b} have slightly different total masses (largest relative gap "
+            f"{float(np.max(gap)):.3g}); {name_b} is rescaled to the mass of {name_a} (balanced OT needs "
+            "equal masses: no plan could otherwise have a marginal error below the gap)",
             UserWarning,
             stacklevel=3,
         )
-    out = b * b.dtype.type(sa / sb)
-    return out if xp is np else xp.asarray(out)
+    ratio = (sa / sb).astype(dt)
+    return b * (xp.asarray(ratio)[..., None] if ratio.ndim else dt.type(ratio))
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:

@@ -67,6 +67,19 @@ def test_check_same_mass_keeps_dtype():
     assert out.dtype == np.float32 and out.sum() == pytest.approx(1.0, rel=1e-6)
 
 
+def test_check_same_mass_on_batches():
+    """Batches (B, n), (B, m) are matched per problem; the refusal names the problem."""
+    a, b = np.full((3, 4), 0.25), np.full((3, 5), 0.2)
+    b[1] *= 1 + 1e-7
+    with pytest.warns(UserWarning, match="rescaled"):
+        out = check_same_mass(a, b)
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-15)
+    np.testing.assert_array_equal(out[0], b[0])
+    b[2] *= 1 + 1e-3
+    with pytest.raises(ValueError, match="in problem 2"):
+        check_same_mass(a, b)
+
+
 # ------------------------------------------------------------------------------- thread counts
 def test_n_threads_is_capped_at_the_machine_cores():
     cores = machine_cores()
