@@ -101,9 +101,10 @@ def test_demo_bad_n(capsys):
     assert "--n" in capsys.readouterr().err
 
 
-def test_console_script_entry_point():
+def test_console_script_entry_point(tmp_path):
+    # cwd outside the checkout: `-m` puts the cwd first on sys.path, and the installed package is meant
     proc = subprocess.run([sys.executable, "-m", "otsolve.cli", "solve", "/nonexistent.npy", "/x.npy"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
@@ -136,11 +137,12 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"otsolve {otsolve.__version__}"
 
 
-def test_python_m_otsolve():
-    proc = subprocess.run([sys.executable, "-m", "otsolve", "--version"], capture_output=True, text=True)
+def test_python_m_otsolve(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "otsolve", "--version"], capture_output=True, text=True,
+                          cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == f"otsolve {otsolve.__version__}"
     proc = subprocess.run([sys.executable, "-m", "otsolve", "solve", "/nonexistent.npy", "/x.npy"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("otsolve: error: file not found")
 
 
