@@ -262,7 +262,8 @@ def test_numba_cache_state_is_detected(tmp_path, rng):
 
     code = "from otsolve.cli import _numba_cache_cold; print(_numba_cache_cold())"
     env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(tmp_path))  # an empty cache
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
     assert proc.stdout.strip() == "True", proc.stderr[-2000:]
     x = rng.random((8, 2))
     otsolve.solve(None, None, otsolve.PointCloud(x, x), method="sparsity_constrained", k=2, gamma=1.0)
