@@ -258,6 +258,8 @@ def test_torch_dataset_feeds_a_training_loop(tmp_path):
     loader = torch.utils.data.DataLoader(train, batch_size=3, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: threads only contend on a shared machine
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 1, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
@@ -269,4 +271,5 @@ def test_torch_dataset_feeds_a_training_loop(tmp_path):
             loss.backward()
             opt.step()
             losses.append(loss.item())
+    torch.set_num_threads(threads)
     assert np.mean(losses[-2:]) < 0.5 * np.mean(losses[:2])
