@@ -52,7 +52,7 @@ class BaseGeometry:
         for s in range(0, n, step):
             yield s, self.cost_rows(s, min(n, s + step))
 
-    def cost_rows(self, start: int, stop: int):  # pragma: no cover - abstract
+    def cost_rows(self, start: int, stop: int) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _stats(self) -> tuple[float, float]:
@@ -71,7 +71,7 @@ class BaseGeometry:
         return self._stats()[1]
 
     # -- what the solvers ask for ----------------------------------------------------------
-    def plan_from_potentials(self, f, g, epsilon: float, dtype: Any = None):
+    def plan_from_potentials(self, f: Any, g: Any, epsilon: float, dtype: Any = None) -> Any:
         """Dense plan ``exp((f_i + g_j - C_ij)/ε - 1)``, built block by block (O(nm) memory)."""
         xp = self.xp
         n, m = self.shape

@@ -14,7 +14,7 @@ from typing import Any, Callable
 __all__ = ["COSTS", "CostSpec", "sqeuclidean_block"]
 
 
-def _namespace(x: Any):
+def _namespace(x: Any) -> Any:
     """numpy / cupy for their arrays, otherwise the array-api-compat namespace (torch, JAX, ...)."""
     root = type(x).__module__.split(".", 1)[0]
     if root == "numpy":
@@ -30,7 +30,7 @@ def _namespace(x: Any):
     return array_namespace(x)
 
 
-def sqeuclidean_block(x, y):
+def sqeuclidean_block(x: Any, y: Any) -> Any:
     """``||x_i - y_j||^2`` for rows ``x`` (k, d) and ``y`` (m, d); exact differences for d <= 4."""
     if x.shape[1] <= 4:  # exact differences (no cancellation) when cheap
         d = (x[:, None, 0] - y[None, :, 0]) ** 2
@@ -42,15 +42,15 @@ def sqeuclidean_block(x, y):
     return xp.clip(d, 0, None)
 
 
-def _euclidean(x, y):
+def _euclidean(x: Any, y: Any) -> Any:
     return _namespace(x).sqrt(sqeuclidean_block(x, y))
 
 
-def _half_sqeuclidean(x, y):
+def _half_sqeuclidean(x: Any, y: Any) -> Any:
     return 0.5 * sqeuclidean_block(x, y)
 
 
-def _cityblock(x, y):
+def _cityblock(x: Any, y: Any) -> Any:
     return _namespace(x).sum(abs(x[:, None, :] - y[None, :, :]), axis=-1)
 
 

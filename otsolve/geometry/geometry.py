@@ -1,7 +1,7 @@
 """Dense cost matrices."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from .base import BaseGeometry
 __all__ = ["Geometry", "resolve_scale"]
 
 
-def resolve_scale(scale_cost: Any, stats) -> float:
+def resolve_scale(scale_cost: Any, stats: Callable[[], tuple[float, float]]) -> float:
     """Turn ``scale_cost`` (a number, or "max" / "mean") into a multiplier of the cost.
 
     ``stats`` is a callable returning (max, mean) of the unscaled cost, evaluated only when needed.
@@ -60,7 +60,7 @@ class Geometry(BaseGeometry):
         self.scale = s
 
     @property
-    def cost_matrix(self):
+    def cost_matrix(self) -> Any:
         """The (scaled) dense cost matrix."""
         return self._cost
 
@@ -69,15 +69,15 @@ class Geometry(BaseGeometry):
         return tuple(self._cost.shape)  # type: ignore[return-value]
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return self._cost.dtype
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         """Array namespace (numpy or cupy) of the geometry's arrays."""
         return _xp(self._cost)
 
-    def cost_rows(self, start: int, stop: int):
+    def cost_rows(self, start: int, stop: int) -> Any:
         """Rows ``start:stop`` of the cost matrix."""
         return self._cost[start:stop]
 

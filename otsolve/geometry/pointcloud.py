@@ -88,11 +88,11 @@ class PointCloud(BaseGeometry):
         return (int(self.x.shape[0]), int(self.y.shape[0]))
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return self.x.dtype
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         return _xp(self.x)
 
     @property
@@ -105,7 +105,7 @@ class PointCloud(BaseGeometry):
             return int(self.chunk_size)
         return max(1, (8 << 20) // max(1, self.shape[1]))
 
-    def cost_rows(self, start: int, stop: int):
+    def cost_rows(self, start: int, stop: int) -> Any:
         blk = self._fn(self.x[start:stop], self.y)
         if getattr(self, "_user_cost", False):
             blk = check_cost_block(blk, min(stop, self.shape[0]) - start, self.shape[1], self.cost_name)
@@ -115,7 +115,7 @@ class PointCloud(BaseGeometry):
         return blk
 
     @property
-    def cost_matrix(self):
+    def cost_matrix(self) -> Any:
         """Materialise the full cost matrix (O(nm) memory: use for small problems only)."""
         return self.cost_rows(0, self.shape[0])
 

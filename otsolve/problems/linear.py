@@ -55,11 +55,11 @@ class LinearProblem:
         return self.geom.shape
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return self.geom.dtype
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         """Array library (numpy or cupy) of the problem's arrays."""
         return self.geom.xp
 

@@ -83,7 +83,7 @@ class OTResult:
         self._extra = dict(extra)
 
     @property
-    def plan(self):
+    def plan(self) -> Any:
         """Dense transport plan (computed lazily from the potentials when needed)."""
         if self._plan is None:
             if self._plan_fn is None:
