@@ -4,6 +4,12 @@ Tang, Shavlovsky, Rahmanian, Tardini, Thekumparampil, Xiao, Ying, "Accelerating 
 Algorithm with Sparse Newton Iterations", ICLR 2024 (arXiv 2401.12253). The robustness rules
 (exact diagonal, symmetric per-row sparsification, overflow-rejecting line search, automatic
 switch and fallbacks) follow the project spec ``specs/sinkhorn_sns.md``.
+
+This module is the one SNS driver (warm-up, switch rule, Newton steps, line search, adaptive
+``k_row``, patience, forcing term, direct-solve rule, fail-fast rule, best iterate, result) for
+every device; what differs by device is a kernel set of :mod:`otsolve.backends.sns_kernels`
+(C++ or NumPy on the CPU, CUDA through CuPy on the GPU). The Sinkhorn blocks go through
+:class:`otsolve.Sinkhorn`'s public interface.
 """
 from __future__ import annotations
 
