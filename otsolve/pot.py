@@ -30,6 +30,17 @@ def _ot():
     return ot
 
 
+def _pot_solver(name: str):
+    """POT's ``solve`` / ``solve_sample`` from the defining module (forwarding keeps working when
+    ``ot.solve`` is monkeypatched to ``otsolve.pot.solve``)."""
+    try:
+        import ot.solvers._linear as linear  # noqa: PLC0415
+
+        return getattr(linear, name)
+    except (ImportError, AttributeError):  # pragma: no cover - other POT layouts
+        return getattr(_ot(), name)
+
+
 def dist(x1, x2=None, metric: str = "sqeuclidean", p: float = 2, w=None):
     """POT's ``ot.dist`` (pairwise cost matrix; squared Euclidean by default), any array library.
 
@@ -165,7 +176,7 @@ def solve(M, a=None, b=None, reg=None, c=None, reg_type="KL", unbalanced=None, u
     """
     if (unbalanced is not None or c is not None or isinstance(reg_type, tuple)
             or str(reg_type).lower() not in ("kl", "entropy")):
-        return _ot().solve(M, a, b, reg=reg, c=c, reg_type=reg_type, unbalanced=unbalanced,
+        return _pot_solver("solve")(M, a, b, reg=reg, c=c, reg_type=reg_type, unbalanced=unbalanced,
                            unbalanced_type=unbalanced_type, method=method, n_threads=n_threads, max_iter=max_iter,
                            plan_init=plan_init, potentials_init=potentials_init, tol=tol, verbose=verbose, grad=grad)
     valid = ("sinkhorn", "sinkhorn_log", "sns")
@@ -191,6 +202,8 @@ def solve(M, a=None, b=None, reg=None, c=None, reg_type="KL", unbalanced=None, u
                                  plan=lg["G"], status="Converged" if lg["warning"] is None else lg["warning"],
                                  backend=nx, log=lg)
     max_iter = 1000 if max_iter is None else max_iter
+    if grad == "last_step" and max_iter == 0:
+        raise ValueError("The maximum number of iterations must be greater than 0 when using grad=last_step.")
     tol = 1e-9 if tol is None else tol
     if grad in ("envelope", "detach"):
         M0, a0, b0 = M, a, b
@@ -248,7 +261,7 @@ def solve_sample(X_a, X_b, a=None, b=None, metric="sqeuclidean", reg=None, c=Non
     POT's ``ot.solve_sample``.
     """
     if lazy or method is not None or (debias and debias is not True) or scaler is not None:
-        return _ot().solve_sample(
+        return _pot_solver("solve_sample")(
             X_a, X_b, a=a, b=b, metric=metric, reg=reg, c=c, reg_type=reg_type, unbalanced=unbalanced,
             unbalanced_type=unbalanced_type, lazy=lazy, batch_size=batch_size, method=method, n_threads=n_threads,
             max_iter=max_iter, plan_init=plan_init, rank=rank, scaling=scaling, potentials_init=potentials_init,

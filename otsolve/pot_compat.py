@@ -117,10 +117,8 @@ class _Prepared:
         self.dtype = np.dtype(str(dt))
         mass = float(_arrays.to_numpy(self.a).astype(np.float64).sum())
         self.tol = _check_stop(stopThr, self.dtype, mass)
-        unknown = set(kwargs) - _POT_KWARGS - _SINKHORN_OPTIONS
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; POT's are {sorted(_POT_KWARGS)}, "
-                            f"otsolve.Sinkhorn's options {sorted(_SINKHORN_OPTIONS)}")
+        # other keywords are ignored, as POT's Sinkhorn functions do (**kwargs): POT's own callers
+        # (e.g. its Gromov-Wasserstein solvers) pass keywords meant for other solvers
         opts = {k: v for k, v in kwargs.items() if k in _SINKHORN_OPTIONS}
         max_iter = int(numItermax)
         if max_iter < 0:
@@ -227,6 +225,17 @@ class _Outcome:
             self.converged, self.n_iter = bool(torch_out.converged), int(torch_out.n_iter)
             self.errors = [float(torch_out.marginal_error)]
             self.diverged = not np.isfinite(self.errors[-1])
+        self.f, self.g = _balanced_gauge(self.f, self.g)
+
+
+def _balanced_gauge(f, g):
+    """``(f - t, g + t)`` with equal means of the finite entries: the potentials are defined up to
+    this shift, and a fixed choice makes every path (core, torch layer) report the same ones."""
+    ff, gf = f[np.isfinite(f)], g[np.isfinite(g)]
+    if ff.size == 0 or gf.size == 0:
+        return f, g
+    t = 0.5 * (ff.mean() - gf.mean())
+    return f - t, g + t
 
 
 def _run(a, b, M, reg, method, numItermax, stopThr, verbose, warn, warmstart, kwargs, allowed):
@@ -361,7 +370,7 @@ def sinkhorn(a, b, M, reg: float, method: str = "sinkhorn", numItermax: int = 10
     **kwargs
         POT's ``tau``, ``print_period`` (ignored: otsolve needs no absorption threshold),
         ``epsilon0``, ``numInnerItermax``; or :class:`otsolve.Sinkhorn` options (``omega``,
-        ``epsilon_scaling``, ...).
+        ``epsilon_scaling``, ...). Other keywords are ignored, as POT does.
 
     Returns
     -------

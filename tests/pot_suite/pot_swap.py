@@ -9,6 +9,8 @@ repository (it is read from a POT checkout at run time).
 from __future__ import annotations
 
 import functools
+import importlib
+import os
 
 import ot
 import ot.bregman
@@ -33,7 +35,13 @@ def pytest_configure(config):
     for name in ("sinkhorn_log", "greenkhorn", "sinkhorn_stabilized", "sinkhorn_epsilon_scaling"):
         patches[name] = _method_entry(name)
     patches["sinkhorn_knopp"] = _method_entry("sinkhorn")
-    for mod in (ot, ot.bregman, pot_sinkhorn, pot_empirical):
+    mods = [ot, ot.bregman, pot_sinkhorn, pot_empirical]
+    if os.environ.get("OTSOLVE_POT_SWAP") == "all":  # also ot.solve, ot.solve_sample, ot.emd, ot.emd2
+        opot = importlib.import_module("otsolve.pot")
+
+        patches.update(solve=opot.solve, solve_sample=opot.solve_sample, emd=opot.emd, emd2=opot.emd2)
+        mods += [importlib.import_module("ot.lp"), importlib.import_module("ot.solvers")]
+    for mod in mods:
         for name, fn in patches.items():
             if name in vars(mod):
                 setattr(mod, name, fn)

@@ -6,6 +6,10 @@ Usage::
 
     python tests/pot_suite/run_pot_suite.py /path/to/POT/test/test_bregman.py [extra pytest args]
 
+With ``OTSOLVE_POT_SWAP=all`` also ``ot.solve``, ``ot.solve_sample``, ``ot.emd`` and ``ot.emd2``
+are replaced by :mod:`otsolve.pot`'s (e.g. to run POT's ``test_solvers.py`` / ``test_ot.py``;
+the exclusions above apply to ``test_bregman.py`` only, pass ``--all-tests`` to run a whole file).
+
 Get the file from a POT checkout (e.g. ``git show <commit>:test/test_bregman.py``); it is not
 copied into this repository. POT's ``test/conftest.py`` must sit next to it (it defines the
 ``nx`` fixture and ``pytest.skip_backend``).
@@ -25,10 +29,11 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     path = argv[0]
+    rest = [x for x in argv[1:] if x != "--all-tests"]
     here = os.path.dirname(os.path.abspath(__file__))
     kexpr = " and ".join(f"not {w}" for w in EXCLUDE)
-    cmd = [sys.executable, "-m", "pytest", path, "-p", "pot_swap", "-k", kexpr, "-q", "-p", "no:cacheprovider",
-           *argv[1:]]
+    select = [] if "--all-tests" in argv else ["-k", kexpr]
+    cmd = [sys.executable, "-m", "pytest", path, "-p", "pot_swap", *select, "-q", "-p", "no:cacheprovider", *rest]
     env = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.call(cmd, env=env, cwd=os.path.dirname(os.path.abspath(path)))
 
