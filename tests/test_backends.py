@@ -213,3 +213,18 @@ def test_batched_float32_settles_problems_stopped_just_above_tol():
         res = BatchedSinkhorn(tol=1e-5)(BatchedLinearProblem(C, epsilon=0.1))
     assert res.converged and (res.marginal_errors <= 1e-5).all()
     assert res.n_iter_each.max() < 100
+
+
+def test_batched_problem_matches_masses_and_refuses_overflowing_clouds():
+    rng = np.random.default_rng(3)
+    C = rng.random((3, 6, 5))
+    b = np.full((3, 5), 0.2)
+    b[1] *= 1 + 1e-8  # below rtol: rescaled (with a warning), so the solve can converge
+    with pytest.warns(UserWarning, match="rescaled"):
+        prob = BatchedLinearProblem(C, None, b, 0.1)
+    np.testing.assert_allclose(prob.b.sum(1), 1.0, rtol=0, atol=1e-15)
+    assert BatchedSinkhorn(tol=1e-12)(prob).converged
+    with pytest.raises(ValueError, match="different total masses"):
+        BatchedLinearProblem(C, None, 2 * b, 0.1)
+    with pytest.raises(ValueError, match="overflow"):
+        BatchedLinearProblem(x=rng.random((2, 4, 2)) * 1e200, epsilon=0.1)

@@ -67,7 +67,8 @@ class SinkhornRun:
     status_names: np.ndarray
     messages: list
     schedule: list
-    tol: float
+    tol: float                  # requested (or raised to reachable_tol)
+    tol_each: np.ndarray        # per problem: tol, or the rounding floor of the returned potentials
     fallbacks: int
     time: float
 
@@ -102,11 +103,17 @@ def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, i
     errors: list[list[float]] = [[] for _ in range(B)]
     fallbacks = 0
 
+    symmetric = bool(getattr(batch, "symmetric", False))
+
     def run(ids, e, stol, omega, log_sweeps=False, cap=None):
         budgets = max_iter - n_iter[ids]
         if cap is not None:
             budgets = np.minimum(budgets, cap)
-        its, sts, errs = kernels.iterate(ids, f, g, e, budgets, stol, omega, log_sweeps)
+        if symmetric:  # one potential, averaged updates; g mirrors f
+            its, sts, errs = kernels.iterate_symmetric(ids, f, e, budgets, stol)
+            g[ids] = f[ids]
+        else:
+            its, sts, errs = kernels.iterate(ids, f, g, e, budgets, stol, omega, log_sweeps)
         n_iter[ids] += its
         status[ids] = sts
         for p, er in zip(ids, errs):
@@ -131,32 +138,50 @@ def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, i
         # a stage that ran out of budget or diverged ends the schedule for that problem
         alive = alive[status[alive] == 0]
     everyone = np.arange(B)
+    rounds = f.dtype != batch.dtype  # CPU kernels work in float64; float32 problems return float32
 
-    def returned(ids):
-        # measure what is returned: working potentials rounded to the problem's dtype
-        if f.dtype != batch.dtype:
+    def measure(ids):
+        """(error of the working potentials, then of the returned ones (rounded to the problem's
+        dtype), <C, P>, Σ P log P): converged is decided on what is returned."""
+        work = kernels.measure(f, g, eps, ids)[0] if rounds else None
+        if rounds:
             f[ids] = f[ids].astype(batch.dtype)
             g[ids] = g[ids].astype(batch.dtype)
-        return kernels.measure(f, g, eps, ids)
+        m, c, pl = kernels.measure(f, g, eps, ids)
+        return (m if work is None else work), m, c, pl
 
-    merr, cost, plogp = returned(everyone)
-    # The stopping test measures the kernels' own error; the exact error of the returned plan can
-    # land just above tol (rounding of float32 columns, GPU checks between blocks). A few more
-    # plain iterations at a tighter tol settle those problems, and only those.
+    merr_work, merr, cost, plogp = measure(everyone)
+    # The stopping test measures the kernels' own error; the exact error can land just above tol
+    # (rounding of float32 columns, GPU checks between blocks). A few more plain iterations at a
+    # tighter tol settle those problems, and only those.
     for _ in range(3):
-        redo = everyone[(status == 0) & ~(merr <= tol) & (n_iter < max_iter)]
+        redo = everyone[(status == 0) & ~(merr_work <= tol) & (n_iter < max_iter)]
         if not redo.size:
             break
         sts = run(redo, eps, 0.5 * tol, 1.0, cap=10)
         status[redo] = np.where(sts == 2, 2, 0)
-        merr[redo], cost[redo], plogp[redo] = returned(redo)
+        merr_work[redo], merr[redo], cost[redo], plogp[redo] = measure(redo)
+    # Potentials rounded to float32 represent the plan only to ~ulp(|f|)/ε: where the working
+    # potentials meet tol and the rounded ones cannot, tol is raised to that floor, and said.
+    tol_each = np.full(B, tol)
+    floor_hit = np.isfinite(merr) & (merr_work <= tol) & (merr > tol)
+    tol_each[floor_hit] = merr[floor_hit] * (1 + 1e-6)
+    if floor_hit.any() and solver.tol is not None and solver.warn:
+        warnings.warn(f"Sinkhorn: {np.dtype(batch.dtype).name} potentials represent the plan only to an L1 marginal "
+                      f"error of {merr[floor_hit].max():.3g} (rounding of the returned potentials at ε={eps:.3g}); "
+                      f"tol={tol:.3g} raised to that floor for {int(floor_hit.sum())} problem(s). Solve in float64 "
+                      f"for a tighter tolerance.", RuntimeWarning, stacklevel=3)
     elapsed = time.perf_counter() - t0
-    outcomes = [sinkhorn_outcome(float(merr[p]), tol, int(status[p]), max_iter, int(n_iter[p])) for p in range(B)]
+    outcomes = [sinkhorn_outcome(float(merr[p]), float(tol_each[p]), int(status[p]), max_iter, int(n_iter[p]))
+                for p in range(B)]
+    messages = [o[2] + (f" (tol {tol:.3g} raised to the {np.dtype(batch.dtype).name} rounding floor of the returned "
+                        f"potentials; {merr_work[p]:.3g} before rounding)" if floor_hit[p] else "")
+                for p, o in enumerate(outcomes)]
     return SinkhornRun(
         f=f, g=g, n_iter=n_iter, status=status, errors=errors, marginal_error=merr, cost=cost, plogp=plogp,
         converged=np.array([o[0] for o in outcomes], dtype=bool),
-        status_names=np.array([o[1] for o in outcomes]), messages=[o[2] for o in outcomes],
-        schedule=schedule, tol=tol, fallbacks=fallbacks, time=elapsed)
+        status_names=np.array([o[1] for o in outcomes]), messages=messages,
+        schedule=schedule, tol=tol, tol_each=tol_each, fallbacks=fallbacks, time=elapsed)
 
 
 def kernels_mass(batch: ProblemBatch):
@@ -291,13 +316,13 @@ class Sinkhorn:
             value=float(out.cost[0] + eps * out.plogp[0]), converged=converged, n_iter=int(out.n_iter[0]),
             marginal_error=float(out.marginal_error[0]), errors=out.errors[0], message=message,
             status=str(out.status_names[0]), epsilon=eps, plan_fn=lambda: kernels.plan(0, f, g, eps, dtype),
-            epsilon_schedule=out.schedule, time=out.time, kernel_fallbacks=out.fallbacks, tol=out.tol,
+            epsilon_schedule=out.schedule, time=out.time, kernel_fallbacks=out.fallbacks, tol=float(out.tol_each[0]),
             backend=backend,
         )
 
     def _batched_result(self, out: SinkhornRun, kernels, eps, dtype, backend) -> OTResult:
         B = len(out.n_iter)
-        merr, tol = out.marginal_error, out.tol
+        merr, tol = out.marginal_error, float(out.tol_each.max())
         n_bad = int((~out.converged).sum())
         message = (f"all {B} problems converged (max marginal L1 error {merr.max():.3g} <= tol {tol:.3g})"
                    if n_bad == 0 else f"{n_bad} of {B} problems did not reach tol {tol:.3g} (max_iter="
@@ -326,7 +351,7 @@ class Sinkhorn:
             status="converged" if n_bad == 0 else "partial", epsilon=eps, plan_fn=plan,
             converged_each=out.converged, n_iter_each=out.n_iter, marginal_errors=merr, costs=out.cost,
             values=values, status_each=out.status_names, errors_each=out.errors, time=out.time,
-            epsilon_schedule=out.schedule, tol=tol, backend=backend,
+            epsilon_schedule=out.schedule, tol=tol, tol_each=out.tol_each, backend=backend,
         )
 
 
