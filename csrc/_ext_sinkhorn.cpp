@@ -60,6 +60,22 @@ static std::tuple<long, int, std::vector<double>> run_sweeps(const Cost& cost, C
 }
 
 template <typename Cost>
+static std::tuple<long, int, std::vector<double>> run_symmetric(const Cost& cost, CVec log_a, Vec f,
+                                                                 double eps, long max_iter, double tol,
+                                                                 int n_threads) {
+  if (cost.n != cost.m) throw std::invalid_argument("the symmetric solve needs a square cost");
+  check_len("log_a", log_a.shape(0), cost.n);
+  check_len("f", f.shape(0), cost.n);
+  SweepStats st;
+  {
+    nb::gil_scoped_release release;
+    st = symmetric_sweeps(cost, log_a.data(), f.data(), eps, max_iter, tol, n_threads);
+  }
+  raise_if_interrupted(st.status);
+  return {st.n_iter, st.status, st.errors};
+}
+
+template <typename Cost>
 static std::tuple<double, double> run_stats(const Cost& cost, CVec f, CVec g, double eps, Vec row,
                                             Vec col, int n_threads) {
   check_len("f", f.shape(0), cost.n);
@@ -131,6 +147,21 @@ static void bind_dtype(nb::module_& m) {
       nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("log_a"),
       nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"), nb::arg("max_iter"),
       nb::arg("tol"), nb::arg("n_threads") = 0, nb::arg("omega") = 1.0);
+  m.def(
+      "symmetric_dense",
+      [](Mat<T> C, CVec log_a, Vec f, double eps, long max_iter, double tol, int n_threads) {
+        return run_symmetric(dense<T>(C), log_a, f, eps, max_iter, tol, n_threads);
+      },
+      nb::arg("C"), nb::arg("log_a"), nb::arg("f"), nb::arg("eps"), nb::arg("max_iter"), nb::arg("tol"),
+      nb::arg("n_threads") = 0);
+  m.def(
+      "symmetric_pointcloud",
+      [](Mat<T> X, Mat<T> YT, int kind, double scale, CVec log_a, Vec f, double eps, long max_iter,
+         double tol, int n_threads) {
+        return run_symmetric(cloud<T>(X, YT, kind, scale), log_a, f, eps, max_iter, tol, n_threads);
+      },
+      nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("log_a"), nb::arg("f"),
+      nb::arg("eps"), nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads") = 0);
   m.def(
       "plan_stats_dense",
       [](Mat<T> C, CVec f, CVec g, double eps, Vec row, Vec col, int n_threads) {

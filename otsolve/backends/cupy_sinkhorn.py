@@ -383,6 +383,17 @@ class CudaKernels:
             merr, cost, plogp = measure_plans(self.engine, f, g, self.a, self.b, eps, cp.asarray(ids))
             return merr.get()[ids], cost.get()[ids], plogp.get()[ids]
 
+    def dual_values(self, f, g, eps: float, ids):
+        """Dual values ``<a, f> + <b, g> - ε Σ P`` of problems ``ids`` (float64 NumPy)."""
+        cp = self.cp
+        ids = np.asarray(ids, dtype=np.int32)
+        with self.device:
+            row, _, _ = self.engine.plan_stats(f, g, eps, cp.asarray(ids))
+            a64, b64 = self.a.astype(cp.float64), self.b.astype(cp.float64)
+            af = cp.where(a64 > 0, a64 * cp.where(a64 > 0, f.astype(cp.float64), 0.0), 0.0).sum(axis=1)
+            bg = cp.where(b64 > 0, b64 * cp.where(b64 > 0, g.astype(cp.float64), 0.0), 0.0).sum(axis=1)
+            return (af + bg - eps * row.sum(axis=1)).get()[ids]
+
     def plan(self, p: int, f, g, eps: float, dtype):
         cp = self.cp
         with self.device:

@@ -11,8 +11,13 @@ the settling pass and the result. It sees a batch of B same-size problems (B = 1
     budget is spent or it diverges, with the over-relaxation rule of
     :class:`otsolve.kernels.reference.Relaxation`; returns ``(n_iter, status, errors)`` per
     problem (status 0 converged, 1 budget, 2 diverged, 3 stored kernel underflowed);
+``iterate_symmetric(ids, f, eps, budgets, tol)``
+    for a symmetric batch (``batch.symmetric``: cost C(x, x), b = a), the averaged symmetric
+    updates ``f <- (f + T(f)) / 2`` of the one potential (g = f); same returns as ``iterate``;
 ``measure(f, g, eps, ids)``
     exact (marginal L1 error, <C, P>, Σ P log P) of the plans of (f, g), float64 NumPy arrays;
+``dual_values(f, g, eps, ids)``
+    dual values ``<a, f> + <b, g> - ε Σ P`` (float64 NumPy), for stopping on the value;
 ``plan(p, f, g, eps)``
     the dense plan of problem p.
 
@@ -46,6 +51,7 @@ class ProblemBatch:
     dtype: Any
     xp: Any
     stacked: tuple | None = None  # ("dense", C (B,n,m)) or ("pointcloud", X, Y, kind, scale)
+    symmetric: bool = False  # OT(a, a) on a symmetric cost: one potential, f = g
 
     @classmethod
     def of(cls, problem) -> "ProblemBatch":
@@ -56,7 +62,7 @@ class ProblemBatch:
             else:
                 stacked = ("pointcloud", problem.x, problem.y, problem.kind, problem.kernel_scale)
             return cls(problem.geometry, problem.a, problem.b, problem.B, problem.n, problem.m,
-                       problem.dtype, problem.xp, stacked)
+                       problem.dtype, problem.xp, stacked, bool(getattr(problem, "symmetric", False)))
         geom = problem.geom
         n, m = geom.shape
         return cls(lambda p: geom, problem.a[None], problem.b[None], 1, n, m, problem.dtype, geom.xp)
@@ -145,6 +151,17 @@ class HostKernels:
             errs.append(list(e))
         return np.asarray(its, dtype=np.int64), np.asarray(sts, dtype=np.int64), errs
 
+    def iterate_symmetric(self, ids: Sequence[int], f, eps: float, budgets, tol: float):
+        its, sts, errs = [], [], []
+        for p, budget in zip(ids, budgets):
+            kind, args = self.operands(int(p))
+            run = self.K.symmetric_dense if kind == "dense" else self.K.symmetric_pointcloud
+            it, st, e = run(*args, self.log_a[p], f[p], eps, int(budget), tol, self.n_threads)
+            its.append(it)
+            sts.append(st)
+            errs.append(list(e))
+        return np.asarray(its, dtype=np.int64), np.asarray(sts, dtype=np.int64), errs
+
     def measure(self, f, g, eps: float, ids: Sequence[int]):
         merr, cost, plogp = (np.empty(len(ids)) for _ in range(3))
         for c, p in enumerate(ids):
@@ -155,6 +172,20 @@ class HostKernels:
             cost[c], plogp[c] = fn(*args, f[p], g[p], eps, row, col, self.n_threads)
             merr[c] = float(np.abs(row - self._a64[p]).sum() + np.abs(col - self._b64[p]).sum())
         return merr, cost, plogp
+
+    def dual_values(self, f, g, eps: float, ids: Sequence[int]) -> np.ndarray:
+        """Dual values ``<a, f> + <b, g> - ε Σ P`` of problems ``ids`` (float64)."""
+        out = np.empty(len(ids))
+        for c, p in enumerate(ids):
+            p = int(p)
+            kind, args = self.batch.geometry(p).kernel_operands() if p not in self._operands else self._operands[p]
+            row, col = np.empty(self.batch.n), np.empty(self.batch.m)
+            fn = self.K.plan_stats_dense if kind == "dense" else self.K.plan_stats_pointcloud
+            fn(*args, f[p], g[p], eps, row, col, self.n_threads)
+            a, b = self._a64[p], self._b64[p]
+            out[c] = (np.where(a > 0, a * np.where(a > 0, f[p], 0.0), 0.0).sum()
+                      + np.where(b > 0, b * np.where(b > 0, g[p], 0.0), 0.0).sum() - eps * row.sum())
+        return out
 
     def plan(self, p: int, f, g, eps: float, dtype):
         return self.batch.geometry(p).plan_from_potentials(f[p], g[p], eps, dtype)

@@ -12,6 +12,8 @@ __all__ = [
     "sinkhorn_dense",
     "sinkhorn_pointcloud",
     "sinkhorn_scaling_dense",
+    "symmetric_dense",
+    "symmetric_pointcloud",
     "Relaxation",
     "plan_stats_dense",
     "plan_stats_pointcloud",
@@ -147,6 +149,40 @@ def sinkhorn_scaling_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads,
 def sinkhorn_pointcloud(X, YT, kind, scale, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega=1.0):
     return sinkhorn_dense(pointcloud_cost(X, YT, kind, scale), log_a, log_b, f, g, eps, max_iter, tol,
                           n_threads, omega)
+
+
+def symmetric_dense(C, log_a, f, eps, max_iter, tol, n_threads=0):
+    """Symmetric Sinkhorn for OT(a, a) on a symmetric cost, updating ``f`` in place.
+
+    The optimal potentials of a symmetric problem satisfy f = g; the averaged map
+    ``f <- (f + T(f)) / 2`` with ``T(f)_i = eps (log a_i + 1 - LSE_j (f_j - C_ij)/eps)`` converges
+    in a handful of iterations (Feydy et al. 2019). ``errors[k]``: L1 error of rows + columns
+    (2 x rows) of ``P = exp((f ⊕ f - C)/eps - 1)`` after k updates. Returns (n_iter, status,
+    errors), status 0 converged, 1 budget spent, 2 diverged.
+    """
+    C = np.asarray(C, dtype=np.float64)
+    a = np.exp(log_a)
+    errors: list[float] = []
+    it = 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while True:
+            lse = logsumexp((f[None, :] - C) / eps, axis=1)
+            mass = np.exp(np.minimum(f / eps - 1.0 + lse, 709.0))
+            err = 2.0 * float(np.where(a > 0, np.abs(mass - a), 0.0).sum())
+            errors.append(err)
+            if not np.isfinite(err) and it > 0 and (np.isnan(f).any() or np.isposinf(f).any()):
+                return it, 2, errors
+            if err <= tol:
+                return it, 0, errors
+            if it >= max_iter:
+                return it, 1, errors
+            t = eps * (log_a + 1.0 - lse)
+            f[:] = np.where((a > 0) & np.isfinite(f), 0.5 * (f + t), t)
+            it += 1
+
+
+def symmetric_pointcloud(X, YT, kind, scale, log_a, f, eps, max_iter, tol, n_threads=0):
+    return symmetric_dense(pointcloud_cost(X, YT, kind, scale), log_a, f, eps, max_iter, tol, n_threads)
 
 
 def plan_stats_dense(C, f, g, eps, row, col, n_threads=0):

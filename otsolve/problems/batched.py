@@ -113,6 +113,17 @@ class BatchedLinearProblem:
         self.b = self._weights(b, self.m, "b")
         # equal masses per problem (rounding-level gaps rescaled, as for a single LinearProblem)
         self.b = xp.ascontiguousarray(check_same_mass(self.a, self.b))
+        self.symmetric = bool(symmetric)
+        if self.symmetric:
+            if x is not None and y is not None and y is not x:
+                raise ValueError("symmetric=True: give the point clouds x only (the cost is C(x, x))")
+            if self.n != self.m:
+                raise ValueError(f"symmetric=True needs square problems, got n={self.n}, m={self.m}")
+            if b is not None and not bool(xp.all(self.b == self.a)):
+                raise ValueError("symmetric=True: b must be omitted or equal to a")
+            self.b = self.a
+            if self.cost is not None and not bool(xp.allclose(self.cost, self.cost.transpose(0, 2, 1))):
+                raise ValueError("symmetric=True: the cost matrices must be symmetric")
         if epsilon is None:
             raise ValueError("BatchedLinearProblem needs epsilon > 0")
         self.epsilon = check_epsilon(epsilon)
