@@ -375,6 +375,40 @@ class CudaKernels:
                                ids, omega=omega, budgets=budgets)
         return lr.n_iter[ids], lr.status[ids], [lr.errors[p] for p in ids]
 
+    def iterate_symmetric(self, ids, f, eps: float, budgets, tol: float):
+        """Symmetric problems (g = f): the row pass over C(x, x) with the other potential a copy
+        of f and the relaxation 1/2 is exactly the averaged update f <- (f + T(f)) / 2; the row
+        pass measures the entering iterate's row error (columns: the same, by symmetry)."""
+        cp = self.cp
+        ids = np.asarray(ids, dtype=np.int32)
+        B = self.batch.B
+        left = np.zeros(B, dtype=np.int64)
+        left[ids] = np.asarray(budgets, dtype=np.int64)
+        n_iter, status = np.zeros(B, dtype=np.int64), np.ones(B, dtype=np.int64)
+        errors: list[list[float]] = [[] for _ in range(B)]
+        active = ids[left[ids] > 0]
+        eng = self.engine
+        with self.device:
+            eng.omega.fill(0.5)
+            while active.size:
+                err = cp.zeros(B, dtype=cp.float64)
+                eng.row_pass(f, f.copy(), self.log_a, eps, cp.asarray(active), 0, err_out=err)
+                host = 2.0 * err.get()
+                keep = []
+                for p in active:  # the pass measured iterate k and applied update k + 1
+                    e = float(host[p])
+                    errors[p].append(e)
+                    n_iter[p] += 1
+                    if not np.isfinite(e):
+                        status[p] = 2
+                    elif e <= tol:
+                        status[p] = 0  # (the driver re-measures what it returns)
+                    elif n_iter[p] < left[p]:
+                        keep.append(p)
+                active = np.asarray(keep, dtype=np.int32)
+            eng.omega.fill(1)
+        return n_iter[ids], status[ids], [errors[p] for p in ids]
+
     def measure(self, f, g, eps: float, ids):
         """(marginal L1 error, <C, P>, Σ P log P) of problems ``ids``, float64 NumPy arrays."""
         cp = self.cp
