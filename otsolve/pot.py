@@ -21,7 +21,7 @@ from . import _arrays
 from .pot_compat import sinkhorn, sinkhorn2
 from .problems import LinearProblem
 
-__all__ = ["solve", "solve_sample", "emd", "emd2", "dist", "sinkhorn", "sinkhorn2", "unif"]
+__all__ = ["solve", "solve_sample", "emd", "emd2", "dist", "sinkhorn", "sinkhorn2", "unif", "InputError"]
 
 
 def _ot():
@@ -80,18 +80,59 @@ def _exact(a, b, M, max_iter, n_threads, potentials_init):
     return res
 
 
+class InputError(ValueError, AssertionError):
+    """Bad input to :func:`emd` / :func:`emd2`: a ``ValueError`` that is also the ``AssertionError``
+    POT raises there, so code written against POT keeps catching it."""
+
+
+def _pot_lp(name: str):
+    try:
+        import ot.lp._network_simplex as ns  # noqa: PLC0415  (defining module: robust to monkeypatching)
+
+        return getattr(ns, name)
+    except (ImportError, AttributeError):  # pragma: no cover - other POT layouts
+        return getattr(_ot(), name)
+
+
+def _is_sparse(M) -> bool:
+    try:
+        return bool(_ot().backend.get_backend(M).issparse(M))
+    except Exception:  # noqa: BLE001  (not a POT-backend array)
+        return False
+
+
+def _emd_inputs(a, b, M, check_marginals):
+    info = _arrays.array_info(*(x for x in (M, a, b) if not _arrays.is_empty(x)))
+    Mc = _arrays.to_numpy(M)
+    if Mc.ndim != 2:
+        raise InputError(f"M must be a 2-D cost matrix of shape (len(a), len(b)), got shape {tuple(Mc.shape)}")
+    Mc = Mc.astype(np.float64) if Mc.dtype.kind in "biu" else Mc
+    n, m = Mc.shape
+    ac = np.full(n, 1.0 / n) if _arrays.is_empty(a) else _arrays.to_numpy(a)
+    bc = np.full(m, 1.0 / m) if _arrays.is_empty(b) else _arrays.to_numpy(b)
+    if ac.shape != (n,) or bc.shape[0] != m or bc.ndim > 2:
+        raise InputError(f"a has length {ac.shape} and b shape {bc.shape}, but M has shape {(n, m)}: a must have "
+                         f"length M.shape[0] and b length M.shape[1]")
+    if check_marginals:
+        mass_b = bc.sum(0)
+        if np.any(np.abs(ac.sum() - mass_b) > 1e-6 * max(1.0, float(ac.sum()))):
+            raise InputError(f"a and b have different masses ({ac.sum()!r} vs {mass_b!r}); exact OT needs equal "
+                             "masses (normalize them, e.g. a / a.sum() and b / b.sum())")
+    return info, Mc, ac, bc
+
+
 def emd(a, b, M, numItermax: int = 100000, log: bool = False, center_dual: bool = True, numThreads: int = 1,
         check_marginals: bool = True, potentials_init=None):
     """Exact OT plan with POT's ``ot.emd`` signature (POT's network simplex through otsolve's
     ``method="emd"`` solver). ``log=True`` adds POT's dict (``cost``, ``u``, ``v``, ``warning``,
     ``result_code``) and otsolve's ``result``. Duals are centred as POT's (``center_dual`` is
-    accepted for compatibility; POT centres them by default)."""
-    M0 = M
-    info = _arrays.array_info(*(x for x in (M, a, b) if not _arrays.is_empty(x)))
-    Mc = _check_M(_arrays.to_numpy(M0))
-    n, m = Mc.shape
-    ac = np.full(n, 1.0 / n) if _arrays.is_empty(a) else _arrays.to_numpy(a)
-    bc = np.full(m, 1.0 / m) if _arrays.is_empty(b) else _arrays.to_numpy(b)
+    accepted for compatibility). Sparse cost matrices (POT 0.9.7's sparse graphs) are forwarded
+    to POT's ``emd``. Bad shapes or unequal masses raise :class:`InputError` (a ValueError and
+    POT's AssertionError)."""
+    if _is_sparse(M):
+        return _pot_lp("emd")(a, b, M, numItermax=numItermax, log=log, center_dual=center_dual,
+                              numThreads=numThreads, check_marginals=check_marginals, potentials_init=potentials_init)
+    info, Mc, ac, bc = _emd_inputs(a, b, M, check_marginals)
     init = None if potentials_init is None else tuple(_arrays.to_numpy(x) for x in potentials_init)
     res = _exact(ac, bc, Mc, numItermax, numThreads, init)
     _warn_exact(res)
@@ -99,12 +140,6 @@ def emd(a, b, M, numItermax: int = 100000, log: bool = False, center_dual: bool 
     if not log:
         return P
     return P, _emd_log(res, info)
-
-
-def _check_M(Mc):
-    if Mc.ndim != 2:
-        raise ValueError(f"M must be a 2-D cost matrix of shape (len(a), len(b)), got shape {tuple(Mc.shape)}")
-    return Mc.astype(np.float64) if Mc.dtype.kind in "biu" else Mc
 
 
 def _warn_exact(res):
@@ -120,37 +155,43 @@ def _emd_log(res, info):
 
 def emd2(a, b, M, processes: int = 1, numItermax: int = 100000, log: bool = False, return_matrix: bool = False,
          center_dual: bool = True, numThreads: int = 1, check_marginals: bool = True, potentials_init=None):
-    """Exact OT loss ``<M, P>`` with POT's ``ot.emd2`` signature; ``b`` of shape (m, k) gives k
-    losses. Torch inputs give a differentiable loss (gradients as POT: ``P`` for ``M``, the centred
-    duals for ``a`` and ``b``)."""
-    info = _arrays.array_info(*(x for x in (M, a, b) if not _arrays.is_empty(x)))
-    Mc = _check_M(_arrays.to_numpy(M))
-    n, m = Mc.shape
-    ac = np.full(n, 1.0 / n) if _arrays.is_empty(a) else _arrays.to_numpy(a)
-    bc = np.full(m, 1.0 / m) if _arrays.is_empty(b) else _arrays.to_numpy(b)
-    cols = [bc[:, k] for k in range(bc.shape[1])] if bc.ndim == 2 else [bc]
+    """Exact OT loss ``<M, P>`` with POT's ``ot.emd2`` signature and returns: the loss, or
+    ``[loss, log]`` when ``log`` or ``return_matrix`` (then ``log["G"]`` is the plan); ``b`` of
+    shape (m, k) gives a list of k such results, as POT. Torch inputs give a differentiable loss
+    (gradients as POT: ``P`` for ``M``, the centred duals ``u - mean(u)``, ``v - mean(v)`` for ``a``
+    and ``b``)."""
+    if _is_sparse(M):
+        return _pot_lp("emd2")(a, b, M, processes=processes, numItermax=numItermax, log=log,
+                               return_matrix=return_matrix, center_dual=center_dual, numThreads=numThreads,
+                               check_marginals=check_marginals, potentials_init=potentials_init)
+    info, Mc, ac, bc = _emd_inputs(a, b, M, check_marginals)
     init = None if potentials_init is None else tuple(_arrays.to_numpy(x) for x in potentials_init)
-    vals, logs = [], []
-    for k, bk in enumerate(cols):
+
+    def one(k):
+        bk = bc[:, k] if bc.ndim == 2 else bc
         res = _exact(ac, bk, Mc, numItermax, numThreads, init)
         _warn_exact(res)
-        val = _arrays.from_core(np.asarray(res.cost), info)
         if _arrays.requires_grad(a, b, M):
             bb = b[:, k] if bc.ndim == 2 else b
-            val = _attach(val, [(M, _arrays.from_core(res.plan, info)), (a, _arrays.from_core(res.f, info)),
-                                (bb, _arrays.from_core(res.g, info))])
+            f, g = res.f - res.f.mean(), res.g - res.g.mean()
+            val = _attach(_arrays.from_core(np.asarray(res.cost), info),
+                          [(M, _arrays.from_core(res.plan, info)), (a, _arrays.from_core(f, info)),
+                           (bb, _arrays.from_core(g, info))])
         elif info.library == "numpy":
             val = np.dtype(str(Mc.dtype)).type(res.cost)
-        vals.append(val)
+        else:
+            val = _arrays.from_core(np.asarray(res.cost), info)
+        if not (log or return_matrix):
+            return val
         lg = _emd_log(res, info)
+        lg["cost"] = val
         if return_matrix:
             lg["G"] = _arrays.from_core(res.plan, info)
-        logs.append(lg)
+        return [val, lg]
+
     if bc.ndim == 2:
-        xp = info.xp
-        out = xp.stack(vals) if info.library != "numpy" else np.asarray(vals)
-        return (out, logs) if log else out
-    return (vals[0], logs[0]) if log else vals[0]
+        return [one(k) for k in range(bc.shape[1])]
+    return one(0)
 
 
 # ----------------------------------------------------------------------------------------------

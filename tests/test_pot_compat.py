@@ -332,7 +332,19 @@ def test_pot_module_emd(prob):
     np.testing.assert_allclose(l1["u"], l0["u"], atol=1e-12)
     assert opot.emd2(a, b, M) == pytest.approx(ot.emd2(a, b, M), rel=1e-12)
     B = np.stack([b, b[::-1]], 1)
-    np.testing.assert_allclose(opot.emd2(a, B, M), [ot.emd2(a, B[:, k], M) for k in range(2)], rtol=1e-12)
+    np.testing.assert_allclose(opot.emd2(a, B, M), ot.emd2(a, B, M), rtol=1e-12)  # a list of k losses
+    r0, r1 = ot.emd2(a, B, M, log=True, return_matrix=True), opot.emd2(a, B, M, log=True, return_matrix=True)
+    assert len(r1) == len(r0) == 2
+    for (c0, l0), (c1, l1) in zip(r0, r1):
+        assert c1 == pytest.approx(c0, rel=1e-12) and set(l0) <= set(l1)
+        np.testing.assert_allclose(l1["G"], l0["G"], atol=1e-15)
+    # bad input: a ValueError that is also POT's AssertionError
+    for args in ((a[:-1], b, M), (a * 2, b, M)):
+        for fn in (opot.emd, opot.emd2):
+            with pytest.raises(ValueError):
+                fn(*args)
+            with pytest.raises(AssertionError):
+                fn(*args)
     P2 = opot.emd([], [], M[:, :30])
     np.testing.assert_allclose(P2, ot.emd([], [], M[:, :30]), atol=1e-15)
 
@@ -350,6 +362,11 @@ def test_pot_module_torch_gradients(prob):
 
     for g0, g1 in zip(run(ot.emd2), run(opot.emd2)):
         np.testing.assert_allclose(g1, g0, atol=1e-10)
+    at, bt, Mt = (torch.tensor(x, requires_grad=True) for x in (a, b, M))
+    val, log = opot.emd2(at, bt, Mt, log=True)
+    val.backward()  # POT's gradients exactly: u - mean(u), v - mean(v), P
+    np.testing.assert_allclose(at.grad, log["u"] - log["u"].mean(), atol=1e-12)
+    np.testing.assert_allclose(bt.grad, log["v"] - log["v"].mean(), atol=1e-12)
     for grad in ("autodiff", "envelope"):
         G0 = run(lambda a, b, M, **kw: ot.solve(M, a, b, reg=0.1, tol=1e-13, max_iter=10000, grad=grad))
         G1 = run(lambda a, b, M, **kw: opot.solve(M, a, b, reg=0.1, tol=1e-12, grad=grad))
