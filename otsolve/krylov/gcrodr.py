@@ -140,34 +140,14 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
 
     # --- bring in the recycled space (Parks et al. step B) ---------------------------------------
     U = C = Upre = None
-    have = recycle is not None and recycle.k > 0 and recycle.method == "gcrodr" and recycle.U.shape[1] == n
-    if augment is not None:
-        # extra directions (e.g. the previous solutions of the sequence): the initial projection
-        # then minimises the residual over span(U, augment), like SciPy gcrotmk's (None, x) pairs;
-        # the next harmonic-Ritz refresh folds them back into a k-dimensional space
-        augment = np.asarray(augment, dtype=dtype).reshape(-1, n)
-        augment = augment[: max(m - 1 - (recycle.k if have else 0), 0)]
-        if augment.shape[0] == 0 or not np.all(np.isfinite(augment)):
-            augment = None
-        else:  # unit rows (scaled by their max first: a 1e200-sized solution must not overflow)
-            mx = np.max(np.abs(augment), axis=1)
-            augment = augment[mx > 0] / mx[mx > 0, None]
-            augment /= np.linalg.norm(augment, axis=1)[:, None]
-            if augment.shape[0] == 0:
-                augment = None
-    if have or augment is not None:
-        if have:
-            U = recycle.U.astype(dtype, copy=True)
-            Upre = recycle.U_pre.astype(dtype, copy=True) if (precond and recycle.U_pre is not None) else None
-            if precond and Upre is None:
-                Upre = U.copy()  # no preconditioned coordinates known: approximate (only steers the refresh)
-        if have and augment is None and reuse_C and recycle.A_ref is A and recycle.C is not None:
+    if recycle is not None and recycle.k > 0 and recycle.method == "gcrodr" and recycle.U.shape[1] == n:
+        U = recycle.U.astype(dtype, copy=True)
+        Upre = recycle.U_pre.astype(dtype, copy=True) if (precond and recycle.U_pre is not None) else None
+        if precond and Upre is None:
+            Upre = U.copy()  # no preconditioned coordinates known: approximate (only steers the refresh)
+        if reuse_C and recycle.A_ref is A and recycle.C is not None:
             C = recycle.C.astype(dtype, copy=True)  # same matrix: A U = C still holds
         else:
-            if augment is not None:
-                U = augment.copy() if U is None else np.concatenate([U, augment])
-                if precond:  # preconditioned coordinates of the extra vectors unknown: approximate
-                    Upre = augment.copy() if Upre is None else np.concatenate([Upre, augment])
             AU = Aop.mat(U.T)  # k mat-vecs, one compiled sparse matmat
             X = np.asarray(AU, dtype=dtype).T  # rows A u_i
             T = _cholqr2_rows(X)
@@ -194,9 +174,30 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
         c = C.conj() @ r
         x += U.T @ c
         r -= C.T @ c
+    if augment is not None:
+        # extra directions (the previous solutions of the sequence; one mat-vec each): the initial
+        # guess then minimises the residual over span(U, augment), like SciPy gcrotmk's (None, x)
+        # pairs. They are made orthogonal to C (so r stays orthogonal to C), used for this
+        # projection only and dropped: they take no Arnoldi steps and never enter the
+        # harmonic-Ritz refresh (their preconditioned coordinates are unknown).
+        Y = np.asarray(augment, dtype=dtype).reshape(-1, n)
+        mx = np.max(np.abs(Y), axis=1) if Y.size else np.zeros(0)
+        ok = np.isfinite(mx) & (mx > 0)
+        Y = Y[ok] / mx[ok, None]  # scaled by their max first: a 1e200-sized solution must not overflow
+        if Y.shape[0]:
+            AY = np.asarray(Aop.mat(Y.T), dtype=dtype).T
+            if C is not None:
+                G = AY @ C.conj().T  # (a, kc): coefficients of A y on C
+                AY = AY - G @ C
+                Y = Y - G @ U
+            Q, R, piv = _pivoted_qr(AY.T, rel=1e-8)
+            if Q.shape[1]:
+                c = Q.conj().T @ r
+                x += (sla.solve_triangular(R, c, lower=False)) @ Y[piv]
+                r -= Q @ c
 
     # --- storage: rows 0..kc-1 of W hold C, the Arnoldi vectors follow ---------------------------
-    W = np.empty((max(k, 0 if C is None else C.shape[0]) + m + 1, n), dtype=dtype)
+    W = np.empty((k + m + 1, n), dtype=dtype)
     W2 = np.empty_like(W) if k else None  # ping-pong buffer: the refreshed C is written here by gemm
     Z = np.empty((m, n), dtype=dtype) if precond else None
     H = np.zeros((k + m + 1, m), dtype=dtype)  # rows 0..kc-1: B = C^H A V; then Hbar
