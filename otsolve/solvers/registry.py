@@ -78,7 +78,8 @@ def solve(*args: Any, method: str = "sinkhorn", epsilon: float | None = None, in
         problem = args[0]
         if epsilon is not None:
             problem = problem.with_epsilon(epsilon)
-    elif len(args) >= 1 and _looks_like_cost(args[0]):
+    elif len(args) >= 1 and _looks_like_cost(args[0]) and (
+            len(args) < 3 or args[2] is None or getattr(args[2], "ndim", 1) <= 1):
         raise ValueError(
             "otsolve.solve takes (a, b, C): the cost matrix comes third, but the first argument is "
             f"{getattr(args[0], 'ndim', 2)}-D. For POT's order ot.solve(M, a, b, reg=...) use "
