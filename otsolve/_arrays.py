@@ -145,7 +145,7 @@ def from_core(y: Any, info: ArrayInfo, *, dtype: Any = None) -> Any:
     lib = info.library
     if y is None:
         return None
-    yk = y if (aac.is_numpy_array(y) or aac.is_cupy_array(y)) else np.asarray(y)
+    yk: Any = y if (aac.is_numpy_array(y) or aac.is_cupy_array(y)) else np.asarray(y)
     floating = np.issubdtype(np.dtype(str(yk.dtype)), np.floating)
     want = dtype if dtype is not None else (info.dtype if floating else None)
     if lib == "numpy":
