@@ -33,7 +33,7 @@ _LAZY: dict[str, str] = {
     "BatchedSinkhorn": "otsolve.solvers.sinkhorn",
 }
 _LAZY_MODULES = {"krylov", "pde", "datagen", "benchmarks", "metrics", "kernels", "backends", "lightsb", "routing",
-                 "torch"}
+                 "torch", "pot"}
 
 __all__ = [
     "Geometry",

@@ -131,7 +131,10 @@ def test_batched_problems_follow_the_same_contract():
     C = rng.random((6, 15, 12)).astype(np.float32)
     C[2] *= 5
     res = otsolve.Sinkhorn()(otsolve.BatchedLinearProblem(C, epsilon=0.05))
-    P = np.asarray(res.plan, dtype=np.float64)
+    assert res.plan.shape == (6, 15, 12) and res.plan.dtype == np.float32
+    # the exact plans of the returned (float32) potentials, in float64
+    f, g = res.f.astype(np.float64), res.g.astype(np.float64)
+    P = np.exp((f[:, :, None] + g[:, None, :] - C.astype(np.float64)) / 0.05 - 1)
     errs = np.abs(P.sum(2) - 1 / 15).sum(1) + np.abs(P.sum(1) - 1 / 12).sum(1)
-    np.testing.assert_allclose(res.marginal_errors, errs, rtol=1e-3, atol=1e-7)
-    assert np.all(errs[res.converged_each] <= res.tol * (1 + 1e-3))
+    np.testing.assert_allclose(res.marginal_errors, errs, rtol=0.1, atol=1e-7)  # float32 re-summation
+    assert np.all(errs[res.converged_each] <= res.tol_each[res.converged_each] * (1 + 1e-3))
