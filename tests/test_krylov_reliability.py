@@ -336,3 +336,21 @@ def test_augment_validation_and_reset():
     assert len(s._sols) == 1
     s.reset()
     assert s._sols == [] and s.space.k == 0
+
+
+@pytest.mark.parametrize("method, precond", [("gcrodr", "ilu"), ("rcg", None)])
+def test_augment_with_a_solution_inside_the_recycled_space(method, precond):
+    # a (near-)exact preconditioner or a fixed matrix puts the previous solution inside span(U):
+    # the augmentation must then be skipped, not amplify cancellation noise (before: breakdown,
+    # an unconverged solve or NaN)
+    from otsolve.krylov import make_preconditioner
+
+    fam, opts = ("helmholtz", {"k_range": [1.0, 3.0]}) if method == "gcrodr" else ("poisson", {})
+    systems = [make_system(fam, 10 if method == "gcrodr" else 8, i, 0, **opts) for i in range(6)]
+    s = RecyclingSolver(method, rtol=1e-10, restart=40, k=20, augment=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KrylovWarning)
+        for S in systems:
+            x = s.solve(S.A, S.b, M=make_preconditioner(S.A, precond))
+            assert np.linalg.norm(S.b - S.A @ x) <= 1e-10 * np.linalg.norm(S.b)
+    assert all(s.stats["converged"]) and max(s.stats["iterations"]) < 40

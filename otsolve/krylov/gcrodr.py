@@ -187,11 +187,16 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
         if Y.shape[0]:
             AY = np.asarray(Aop.mat(Y.T), dtype=dtype).T
             if C is not None:
+                n0 = np.linalg.norm(AY, axis=1)
                 G = AY @ C.conj().T  # (a, kc): coefficients of A y on C
                 AY = AY - G @ C
                 Y = Y - G @ U
-            Q, R, piv = _pivoted_qr(AY.T, rel=1e-8)
-            if Q.shape[1]:
+                # a direction (nearly) inside span(U) is left to cancellation noise, and then
+                # A (y - G U) and A y - G C no longer agree: keep only well-separated ones
+                keep = np.linalg.norm(AY, axis=1) > 1e-6 * n0
+                AY, Y = AY[keep], Y[keep]
+            Q, R, piv = _pivoted_qr(AY.T, rel=1e-8) if AY.shape[0] else (None, None, None)
+            if Q is not None and Q.shape[1]:
                 c = Q.conj().T @ r
                 x += (sla.solve_triangular(R, c, lower=False)) @ Y[piv]
                 r -= Q @ c
