@@ -13,7 +13,8 @@ load of a shared machine hits all methods alike):
 4. small: near-permutation problems (n = 100-300, eta = 1200) where Jacobi-PCG stalls: SNS with
    its direct fallback, SNS with CG only, and otsolve Sinkhorn;
 5. compare (``--parts compare [--before DIR]``): the issue-13 speed check, SNS now vs a snapshot
-   of an earlier SNS vs RegOT ``sinkhorn_ssns`` on n = 500 random assignment and 32x32 images.
+   of an earlier SNS vs RegOT ``sinkhorn_ssns`` on n = 500 random assignment and 32x32 images;
+6. hopeless (``--parts hopeless [--before DIR]``): eps = 1e-6 on 300 x 200 points (issue 14).
 
 ``python bench/bench_sns.py --quick`` runs tiny sizes (CI); ``--out FILE`` writes the tables.
 """
@@ -288,6 +289,31 @@ def before_after(before_dir: str | None, repeats: int, n: int = 500, size: int =
              f"| {r(k_now, k_bef)} |")
 
 
+def hopeless(before_dir: str | None, seeds=(0, 1)) -> None:
+    """Issue 14: SNS on 300 x 200 uniform points, squared distances, eps = 1e-6 (5.6e-7 x the
+    cost range): Newton steps cannot work; now and (with ``--before``) the snapshot."""
+    emit("\n**Hopeless epsilon** (300 x 200 points, sqeuclidean, eps = 1e-6)\n")
+    emit("| seed | version | time (s) | status | Newton steps | fallbacks | marginal L1 error |")
+    emit("|---|---|---|---|---|---|---|")
+    versions = [("now", SinkhornNewtonSparse, otsolve.LinearProblem)]
+    if before_dir:
+        sys.path.insert(0, before_dir)
+        from otsolve_before.problems import LinearProblem as BeforeProblem  # noqa: PLC0415
+        from otsolve_before.solvers.sns import SinkhornNewtonSparse as Before  # noqa: PLC0415
+
+        versions.append(("before", Before, BeforeProblem))
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        x, y = rng.random((300, 2)), rng.random((200, 2))
+        C = ((x[:, None] - y[None]) ** 2).sum(-1)
+        for name, solver, problem in versions:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dt, r = timed(lambda: solver()(problem(C, epsilon=1e-6)))
+            emit(f"| {seed} | {name} | {dt:.2f} | {r.status} | {r.n_newton} | {len(r.fallbacks)} | "
+                 f"{r.marginal_error:.2g} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
@@ -303,6 +329,8 @@ def main() -> int:
     parts = args.parts.split(",")
     emit(f"otsolve SNS benchmark ({'quick' if args.quick else 'full'}); regot "
          f"{'yes' if regot else 'missing'}, POT {getattr(ot, '__version__', 'missing')}")
+    if "hopeless" in parts:
+        hopeless(args.before, seeds=(0,) if args.quick else (0, 1))
     if "compare" in parts:
         before_after(args.before, repeats=3 if args.quick else 7, n=200 if args.quick else 500,
                      size=12 if args.quick else 32)
