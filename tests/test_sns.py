@@ -502,11 +502,16 @@ def test_hopeless_epsilon_fails_fast_and_says_why():
     geom = otsolve.PointCloud(rng.random((300, 2)), rng.random((200, 2)))
     prob = otsolve.LinearProblem(geom, epsilon=1e-6)
     with pytest.warns(RuntimeWarning, match="epsilon_scaling=True"):
-        res = SinkhornNewtonSparse()(prob)
+        res = SinkhornNewtonSparse(max_fallbacks=3)(prob)
     assert not res.converged and res.status == "newton_failed"
     assert "too small for Newton steps" in res.message and "cost range" in res.message
     # 3 fallbacks in a row (2 Sinkhorn blocks between them), not 100 Newton steps
     assert len(res.fallbacks) == 2 and res.n_sinkhorn <= 60 and res.n_newton <= 30
+    # the default patience (10) gives up too, and converges where eps is small but not hopeless
+    with pytest.warns(RuntimeWarning, match="epsilon_scaling=True"):
+        assert SinkhornNewtonSparse()(prob).status == "newton_failed"
+    ok = SinkhornNewtonSparse()(otsolve.LinearProblem(geom, epsilon=1e-4))
+    assert ok.converged and ok.marginal_error <= 1e-9
     # with more patience it keeps trying (and here still does not get there in 40 steps)
     res2 = SinkhornNewtonSparse(max_fallbacks=100, max_iter=40, warn=False)(prob)
     assert res2.status == "max_iter" and len(res2.fallbacks) > 2

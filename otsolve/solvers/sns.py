@@ -197,7 +197,7 @@ class SinkhornNewtonSparse:
         plans at small n make the sparsified Hessian too ill-conditioned for Jacobi-PCG.
     max_sinkhorn : int, default 10000
         Total Sinkhorn iterations (warm-up, automatic extension and fallbacks together).
-    max_fallbacks : int, default 3
+    max_fallbacks : int, default 10
         Fail fast: give up (status ``"newton_failed"``) after this many fallbacks in a row
         without progress (see Notes).
     max_memory : float, optional
@@ -263,7 +263,7 @@ class SinkhornNewtonSparse:
     cg_rtol: float = 1e-10
     cg_maxiter: int | None = None
     max_sinkhorn: int = 10_000
-    max_fallbacks: int = 3
+    max_fallbacks: int = 10
     max_memory: float | None = None
     n_threads: int = 0
     compiled: bool = True
