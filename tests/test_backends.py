@@ -228,3 +228,19 @@ def test_batched_problem_matches_masses_and_refuses_overflowing_clouds():
         BatchedLinearProblem(C, None, 2 * b, 0.1)
     with pytest.raises(ValueError, match="overflow"):
         BatchedLinearProblem(x=rng.random((2, 4, 2)) * 1e200, epsilon=0.1)
+
+
+def test_batched_init_must_be_finite_on_positive_weights():
+    C = np.random.default_rng(4).random((2, 4, 3))
+    prob = BatchedLinearProblem(C, epsilon=0.1)
+    for bad in (np.inf, -np.inf, np.nan):
+        f = np.zeros((2, 4))
+        f[1, 2] = bad
+        with pytest.raises(ValueError, match="init potentials"):
+            BatchedSinkhorn()(prob, init=(f, np.zeros((2, 3))))
+    a = np.full((2, 4), 0.25)
+    a[:, 0] = [0, 0]
+    a = a / a.sum(1, keepdims=True)
+    f = np.zeros((2, 4))
+    f[:, 0] = -np.inf  # fine on a zero weight
+    assert BatchedSinkhorn()(BatchedLinearProblem(C, a, None, 0.1), init=(f, np.zeros((2, 3)))).converged

@@ -88,6 +88,11 @@ def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, i
         tol = floor
     max_iter = int(solver.max_iter)
     f, g = kernels.new_potentials(init)
+    if init is not None:  # -inf marks a zero weight; on a positive weight it is no warm start
+        xp = batch.xp
+        if bool(xp.any(xp.isneginf(f) & (batch.a > 0)) | xp.any(xp.isneginf(g) & (batch.b > 0))):
+            raise ValueError("init potentials are -inf where the weights are positive; -inf is only meaningful "
+                             "for zero weights")
     if solver.epsilon_scaling:
         decay = 0.5 if solver.epsilon_scaling is True else float(solver.epsilon_scaling)
         start = solver.epsilon_init or batch.cost_range()
