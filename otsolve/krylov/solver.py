@@ -96,8 +96,8 @@ class RecyclingSolver:
 
         with blas_single_thread() if self.single_thread_blas else contextlib.nullcontext():
             n = np.shape(b)[0]
-            aug = [v for v in self._sols if v.shape[0] == n] if self.recycle else []
-            aug = np.stack(aug) if aug else None
+            prev = [v for v in self._sols if v.shape[0] == n] if self.recycle else []
+            aug = np.stack(prev) if prev else None
             if self.method == "gcrodr":
                 x, info, st = _gcrodr(A, b, x0, restart=self.restart, shrink=self.shrink, augment=aug, **kw)
             else:
