@@ -308,10 +308,13 @@ def _as_device_potentials(init, n: int, m: int, dtype):
 
 
 
-def measure_plans(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active):
-    """Per-problem (marginal L1 error, <C,P>, Σ P log P) as float64 CuPy arrays (B,)."""
+def measure_plans(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active, masses=None):
+    """Per-problem (marginal L1 error, <C,P>, Σ P log P) as float64 CuPy arrays (B,); the plans'
+    masses Σ P go into ``masses`` when given."""
     cp = engine.cp
     row, col, cost = engine.plan_stats(f, g, eps, active)
+    if masses is not None:
+        masses[...] = row.sum(axis=1)
     a64, b64 = a.astype(cp.float64), b.astype(cp.float64)
     merr = cp.abs(row - a64).sum(axis=1) + cp.abs(col - b64).sum(axis=1)
     # Σ P log P = (Σ f r + Σ g c - <C,P>)/ε - Σ P, skipping zero-mass -inf potentials
@@ -360,6 +363,7 @@ class CudaKernels:
             self.a = cp.ascontiguousarray(batch.a.astype(dtype))
             self.b = cp.ascontiguousarray(batch.b.astype(dtype))
             self.log_a, self.log_b = cp.log(self.a), cp.log(self.b)  # log 0 = -inf: zero weights
+        self.masses = np.full(batch.B, np.nan)  # Σ P of the plans last measured (measure)
 
     def new_potentials(self, init: Any):
         from ..solvers._common import initial_potentials  # noqa: PLC0415
@@ -414,7 +418,9 @@ class CudaKernels:
         cp = self.cp
         ids = np.asarray(ids, dtype=np.int32)
         with self.device:
-            merr, cost, plogp = measure_plans(self.engine, f, g, self.a, self.b, eps, cp.asarray(ids))
+            mass = cp.zeros(self.batch.B, dtype=cp.float64)
+            merr, cost, plogp = measure_plans(self.engine, f, g, self.a, self.b, eps, cp.asarray(ids), mass)
+            self.masses[ids] = mass.get()[ids]
             return merr.get()[ids], cost.get()[ids], plogp.get()[ids]
 
     def dual_values(self, f, g, eps: float, ids):

@@ -16,6 +16,7 @@ the settling pass and the result. It sees a batch of B same-size problems (B = 1
     updates ``f <- (f + T(f)) / 2`` of the one potential (g = f); same returns as ``iterate``;
 ``measure(f, g, eps, ids)``
     exact (marginal L1 error, <C, P>, Σ P log P) of the plans of (f, g), float64 NumPy arrays;
+    also records each measured plan's mass Σ P in ``masses`` (B,);
 ``dual_values(f, g, eps, ids)``
     dual values ``<a, f> + <b, g> - ε Σ P`` (float64 NumPy), for stopping on the value;
 ``plan(p, f, g, eps)``
@@ -104,6 +105,8 @@ class HostKernels:
         self._use_scaling = mode == "scaling" or (mode == "auto" and nm_bytes <= self.kernel_memory)
         self._operands: dict[int, tuple[str, tuple]] = {}
         self._workspace: np.ndarray | None = None
+        self._exact: dict = {}
+        self.masses = np.full(batch.B, np.nan)  # Σ P of the plans last measured (measure)
 
     # -- operands ------------------------------------------------------------------------------
     def operands(self, p: int) -> tuple[str, tuple]:
@@ -162,15 +165,32 @@ class HostKernels:
             errs.append(list(e))
         return np.asarray(its, dtype=np.int64), np.asarray(sts, dtype=np.int64), errs
 
+    def _exact_operands(self, p: int) -> tuple[str, tuple]:
+        """Operands of the final measure in float64: the float32 kernels' own sums carry ~1e-7
+        (absolute, in the L1 error) of rounding, too much to decide ``converged`` near tol."""
+        kind, args = self._operands[p] if p in self._operands else self.batch.geometry(p).kernel_operands()
+        if args[0].dtype == np.float64:
+            return kind, args
+        if kind == "pointcloud":  # O((n + m) d): the distances are then computed in float64
+            return kind, (args[0].astype(np.float64), args[1].astype(np.float64)) + tuple(args[2:])
+        key = ("exact", p)
+        if key not in self._exact:
+            C = args[0]
+            if C.size * 8 > self.kernel_memory:  # no room for a float64 copy: the float32 sums
+                return kind, args
+            self._exact = {key: np.asarray(C, dtype=np.float64)}  # one problem's copy at a time
+        return kind, (self._exact[key],)
+
     def measure(self, f, g, eps: float, ids: Sequence[int]):
         merr, cost, plogp = (np.empty(len(ids)) for _ in range(3))
         for c, p in enumerate(ids):
             p = int(p)
-            kind, args = self.batch.geometry(p).kernel_operands() if p not in self._operands else self._operands[p]
+            kind, args = self._exact_operands(p)
             row, col = np.empty(self.batch.n), np.empty(self.batch.m)
             fn = self.K.plan_stats_dense if kind == "dense" else self.K.plan_stats_pointcloud
             cost[c], plogp[c] = fn(*args, f[p], g[p], eps, row, col, self.n_threads)
             merr[c] = float(np.abs(row - self._a64[p]).sum() + np.abs(col - self._b64[p]).sum())
+            self.masses[p] = float(row.sum())
         return merr, cost, plogp
 
     def dual_values(self, f, g, eps: float, ids: Sequence[int]) -> np.ndarray:
@@ -178,7 +198,7 @@ class HostKernels:
         out = np.empty(len(ids))
         for c, p in enumerate(ids):
             p = int(p)
-            kind, args = self.batch.geometry(p).kernel_operands() if p not in self._operands else self._operands[p]
+            kind, args = self._exact_operands(p)
             row, col = np.empty(self.batch.n), np.empty(self.batch.m)
             fn = self.K.plan_stats_dense if kind == "dense" else self.K.plan_stats_pointcloud
             fn(*args, f[p], g[p], eps, row, col, self.n_threads)

@@ -71,6 +71,7 @@ class SinkhornRun:
     tol_each: np.ndarray        # per problem: tol, or the rounding floor of the returned potentials
     fallbacks: int
     time: float
+    mass: Any = None            # Σ P of each returned plan (dual value: <a,f> + <b,g> - ε mass)
 
 
 def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, init: Any = None) -> SinkhornRun:
@@ -213,7 +214,8 @@ def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, i
         f=f, g=g, n_iter=n_iter, status=status, errors=errors, marginal_error=merr, cost=cost, plogp=plogp,
         converged=np.array([o[0] for o in outcomes], dtype=bool),
         status_names=np.array([o[1] for o in outcomes]), messages=messages,
-        schedule=schedule, tol=tol, tol_each=tol_each, fallbacks=fallbacks, time=elapsed)
+        schedule=schedule, tol=tol, tol_each=tol_each, fallbacks=fallbacks, time=elapsed,
+        mass=np.array(getattr(kernels, "masses", np.full(B, np.nan)), dtype=np.float64))
 
 
 def kernels_mass(batch: ProblemBatch):
@@ -395,7 +397,7 @@ class Sinkhorn:
             marginal_error=float(merr.max()), errors=worst, message=message,
             status="converged" if n_bad == 0 else "partial", epsilon=eps, plan_fn=plan,
             converged_each=out.converged, n_iter_each=out.n_iter, marginal_errors=merr, costs=out.cost,
-            values=values, status_each=out.status_names, errors_each=out.errors, time=out.time,
+            values=values, masses=out.mass, status_each=out.status_names, errors_each=out.errors, time=out.time,
             epsilon_schedule=out.schedule, tol=tol, tol_each=out.tol_each, backend=backend,
         )
 

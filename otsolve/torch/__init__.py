@@ -14,7 +14,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._costs import COSTS, pairwise_cost
 from ._grad import ImplicitState
-from .layer import GRAD_MODES, SinkhornLoss, SinkhornOutput, sinkhorn, sinkhorn_divergence
+from .layer import GRAD_MODES, SinkhornLoss, SinkhornOutput, TermInfo, sinkhorn, sinkhorn_divergence
+from .samples_loss import SamplesLoss
 from .routing import ROUTE_GRAD_MODES, RouterOutput, SparseRouter, route
 
 __all__ = [
@@ -23,9 +24,11 @@ __all__ = [
     "ImplicitState",
     "ROUTE_GRAD_MODES",
     "RouterOutput",
+    "SamplesLoss",
     "SinkhornLoss",
     "SinkhornOutput",
     "SparseRouter",
+    "TermInfo",
     "pairwise_cost",
     "route",
     "sinkhorn",

@@ -29,6 +29,7 @@ class Solution:
     error: torch.Tensor  # (B,) L1 marginal error of the returned potentials' plans (exact)
     converged: torch.Tensor  # (B,) bool
     backend: str
+    mass: torch.Tensor | None = None  # (B,) Σ P of the returned plans (float64), when measured
 
 
 def compiled_available() -> bool:
@@ -56,17 +57,23 @@ def _from_core(arr: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def core_problem(a: torch.Tensor, b: torch.Tensor, eps: float, C: torch.Tensor | None = None,
-                 x: torch.Tensor | None = None, y: torch.Tensor | None = None, cost: CostSpec | None = None):
+                 x: torch.Tensor | None = None, y: torch.Tensor | None = None, cost: CostSpec | None = None,
+                 symmetric: bool = False):
     """The batch as a core :class:`~otsolve.BatchedLinearProblem` on views of the tensors.
 
     Named costs stay point clouds (computed on the fly by the kernels); a callable cost is
-    evaluated once in torch (a dense batch of costs).
+    evaluated once in torch (a dense batch of costs). ``symmetric``: the problems are OT(a, a)
+    on C(x, x) (the core's symmetric solve; ``b`` and ``y`` are then ``a`` and ``x``).
     """
     from ..problems import BatchedLinearProblem  # noqa: PLC0415
 
     with torch.no_grad():
         if C is None and callable(cost):
             C = pairwise_cost(x, y, cost)
+        if symmetric:
+            if C is not None:
+                return BatchedLinearProblem(_to_core(C), _to_core(a), None, eps, symmetric=True)
+            return BatchedLinearProblem(None, _to_core(a), None, eps, x=_to_core(x), cost_fn=cost, symmetric=True)
         if C is not None:
             return BatchedLinearProblem(_to_core(C), _to_core(a), _to_core(b), eps)
         return BatchedLinearProblem(None, _to_core(a), _to_core(b), eps, x=_to_core(x), y=_to_core(y), cost_fn=cost)
@@ -77,19 +84,24 @@ def solve_potentials(
     C: torch.Tensor | None = None, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
     cost: CostSpec | None = None, scaling: float | None = None,
     init: tuple[torch.Tensor, torch.Tensor] | None = None, compiled: bool = True, n_threads: int = 0,
+    symmetric: bool = False, value_tol: float | None = None, stage_tol: float = 1e-2,
+    epsilon_init: float | None = None,
 ) -> Solution:
     """Solve a batch of entropic OT problems with the core driver, without recording a graph.
 
     Give either ``C`` ``(B, n, m)`` or point clouds ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)`` with a
     ``cost``. ``scaling``: decay in (0, 1) of the core's ε-scaling (None: off). ``compiled``:
-    the compiled kernels (C++ / CUDA) or the NumPy reference.
+    the compiled kernels (C++ / CUDA) or the NumPy reference. ``symmetric``, ``value_tol``,
+    ``stage_tol``, ``epsilon_init``: as in the core (:class:`~otsolve.BatchedLinearProblem`,
+    :class:`~otsolve.Sinkhorn`).
     """
     from ..solvers.sinkhorn import Sinkhorn  # noqa: PLC0415
 
     with torch.no_grad():
-        problem = core_problem(a, b, eps, C, x, y, cost)
+        problem = core_problem(a, b, eps, C, x, y, cost, symmetric=symmetric)
         solver = Sinkhorn(tol=tol, max_iter=int(max_iter), epsilon_scaling=False if scaling is None else scaling,
-                          n_threads=int(n_threads), compiled=compiled, warn=False)
+                          n_threads=int(n_threads), compiled=compiled, warn=False, value_tol=value_tol,
+                          stage_tol=stage_tol, epsilon_init=epsilon_init)
         start = None if init is None else (_to_core(init[0].to(torch.float64)), _to_core(init[1].to(torch.float64)))
         res = solver(problem, start)
         ref = a
@@ -100,6 +112,7 @@ def solve_potentials(
             error=torch.as_tensor(res.marginal_errors, dtype=torch.float64, device=dev),
             converged=torch.as_tensor(res.converged_each, dtype=torch.bool, device=dev),
             backend="cupy" if res.backend == "cupy" else ("compiled" if compiled else "reference"),
+            mass=torch.as_tensor(np.asarray(res.masses, dtype=np.float64), device=dev),
         )
 
 

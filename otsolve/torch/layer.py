@@ -22,7 +22,7 @@ from ._costs import CostSpec, pairwise_cost, resolve_cost
 from ._grad import ImplicitState, SolveSpec, envelope_value, implicit_potentials, refuse_grad
 from ._solve import _update, annealing_schedule, core_problem
 
-__all__ = ["GRAD_MODES", "SinkhornOutput", "sinkhorn", "sinkhorn_divergence", "SinkhornLoss"]
+__all__ = ["GRAD_MODES", "SinkhornOutput", "sinkhorn", "sinkhorn_divergence", "SinkhornLoss", "TermInfo"]
 
 #: gradient modes: name -> what is differentiable
 GRAD_MODES = {
@@ -65,8 +65,8 @@ def _as_float(t: Any, name: str) -> torch.Tensor:
         return t
     if t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be a real floating tensor, got dtype {t.dtype}")
-    if t.is_floating_point():  # half / bfloat16: Sinkhorn needs at least float32
-        raise ValueError(f"{name} has dtype {t.dtype}; use float32 or float64")
+    if t.is_floating_point():  # half / bfloat16: computed in float32 (differentiable cast, so
+        return t.to(torch.float32)  # gradients come back in the input's dtype)
     return t.to(torch.float64)  # integers, as the NumPy API does
 
 
@@ -227,12 +227,14 @@ def _unrolled(C, a, b, eps, tol, max_iter, schedule, init):
 
 
 def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, compiled, state,
-           C=None, x=None, y=None, cost=None, batched=True, inputs=(), n_threads=0):
+           C=None, x=None, y=None, cost=None, batched=True, inputs=(), n_threads=0,
+           symmetric=False, value_tol=None, stage_tol=1e-2, epsilon_init=None, warn=True):
     """Shared driver: batch tensors in, :class:`SinkhornOutput` (batched) out."""
     dense = C is not None
     C_fn = (lambda: C) if dense else (lambda: pairwise_cost(x, y, cost))
     spec = SolveSpec(eps=eps, tol=tol, max_iter=max_iter, cost=cost, scaling=scaling,
-                     compiled=compiled, init=init, n_threads=int(n_threads))
+                     compiled=compiled, init=init, n_threads=int(n_threads), symmetric=bool(symmetric),
+                     value_tol=value_tol, stage_tol=stage_tol, epsilon_init=epsilon_init)
     if grad in ("envelope", "detach"):
         if grad == "detach":
             a, b = a.detach(), b.detach()
@@ -255,7 +257,7 @@ def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, compiled, state,
         C_fn = lambda: Cd  # noqa: E731  (reuse the differentiable cost matrix)
     out = SinkhornOutput(value=value, f=f, g=g, C_fn=C_fn, eps=eps, sol=sol, grad=grad,
                          batched=batched, inputs=inputs, state=state)
-    if not bool(sol.converged.all()):
+    if warn and not bool(sol.converged.all()):
         import warnings
 
         k = int((~sol.converged).sum())
@@ -434,6 +436,9 @@ def sinkhorn_divergence(
     return_outputs: bool = False,
     n_threads: int = 0,
     backend: str | None = None,
+    loss_tol: float | None = None,
+    stage_tol: float = 1e-2,
+    epsilon_init: float | None = None,
 ):
     """Sinkhorn divergence between weighted point clouds (Feydy et al., AISTATS 2019).
 
@@ -460,6 +465,19 @@ def sinkhorn_divergence(
         training step.
     return_outputs : bool
         Also return the dict of :class:`SinkhornOutput` of each term.
+    loss_tol : float, optional
+        Speed/accuracy knob in the loss's units: each OT term stops when its value changed by at
+        most ``loss_tol / 2`` over a tenfold decrease of its marginal tolerance (the core's
+        ``value_tol``; the divergence is xy − ½ xx − ½ yy, so its error is about ``loss_tol``
+        or less). ``tol`` is then the finest marginal tolerance. None (default): stop on the
+        marginal tolerance ``tol`` alone (accurate, slower).
+    stage_tol, epsilon_init
+        The core's ε-scaling options (:class:`otsolve.Sinkhorn`): tolerance of the intermediate
+        stages, first ε (default: the cost range of the clouds, i.e. their squared diameter).
+
+    The self-transport terms OT(a, a) and OT(b, b) are solved as symmetric problems (the core's
+    ``BatchedLinearProblem(symmetric=True)``: one potential, averaged updates), which converge in
+    a handful of iterations where alternating updates need hundreds at small ε.
 
     Returns
     -------
@@ -490,19 +508,51 @@ def sinkhorn_divergence(
     compiled = _check_compiled(compiled, backend, xb)
     scaling = _scaling(epsilon_scaling)
     init = init or {}
+    if loss_tol is not None:
+        loss_tol = check_tol(loss_tol, "loss_tol")
+    stage_tol = check_tol(stage_tol, "stage_tol")
+    if epsilon_init is not None:
+        epsilon_init = check_epsilon(epsilon_init, "epsilon_init")
     common = dict(eps=eps, grad=grad, tol=tol, max_iter=check_positive_int(max_iter, "max_iter", 0), scaling=scaling,
                   compiled=compiled, state=implicit_state, cost=cost, batched=True,
-                  n_threads=check_n_threads(n_threads))
+                  n_threads=check_n_threads(n_threads), stage_tol=stage_tol, epsilon_init=epsilon_init,
+                  value_tol=None if loss_tol is None else 0.5 * loss_tol)
     inputs = (x, y, a, b)
-    outs = {"xy": _solve(a=a_, b=b_, x=xb, y=yb, init=init.get("xy"), inputs=inputs, **common)}
+    if scaling is not None and any(init.get(k) is not None for k in ("xy", "xx", "yy")):
+        # a warm start (e.g. the previous training step) is already at the target ε: the terms
+        # that have one skip the ε-schedule
+        def opts(k):
+            return dict(common, scaling=None) if init.get(k) is not None else common
+    else:
+        def opts(k):
+            return common
+    outs = {"xy": _solve(a=a_, b=b_, x=xb, y=yb, init=init.get("xy"), inputs=inputs, **opts("xy"))}
     val = outs["xy"].value - eps * (_entropy_term(a_) + _entropy_term(b_))
     if debias:
-        outs["xx"] = _solve(a=a_, b=a_, x=xb, y=xb, init=init.get("xx"), inputs=inputs, **common)
-        outs["yy"] = _solve(a=b_, b=b_, x=yb, y=yb, init=init.get("yy"), inputs=inputs, **common)
+        sym = grad != "unroll"  # (the unrolled mode records its own iterations)
+        outs["xx"] = _solve(a=a_, b=a_, x=xb, y=xb, init=init.get("xx"), inputs=inputs, symmetric=sym, **opts("xx"))
+        outs["yy"] = _solve(a=b_, b=b_, x=yb, y=yb, init=init.get("yy"), inputs=inputs, symmetric=sym, **opts("yy"))
         # the KL constants ε<a, log a>, ε<b, log b> cancel between the three terms
         val = outs["xy"].value - 0.5 * (outs["xx"].value + outs["yy"].value)
     val = val if batched else val[0]
     return (val, outs) if return_outputs else val
+
+
+class TermInfo:
+    """Detached record of one OT term of a loss call: potentials ``_f``, ``_g`` (warm starts),
+    ``n_iter``, ``marginal_error``, ``converged`` (tensors with a batch axis), no graph."""
+
+    def __init__(self, f, g, n_iter, marginal_error, converged) -> None:
+        self._f, self._g = f, g
+        self.n_iter, self.marginal_error, self.converged = n_iter, marginal_error, converged
+
+    @classmethod
+    def of(cls, out: "SinkhornOutput") -> "TermInfo":
+        return cls(out._f.detach(), out._g.detach(), out.n_iter.detach(), out.marginal_error.detach(),
+                   out.converged.detach())
+
+    def __repr__(self) -> str:
+        return f"TermInfo(n_iter={self.n_iter.tolist()}, marginal_error={self.marginal_error.tolist()})"
 
 
 class SinkhornLoss(torch.nn.Module):
@@ -528,8 +578,13 @@ class SinkhornLoss(torch.nn.Module):
         (batch size, cloud sizes), dtype and device match (the others start cold)
         (training loops move the clouds a little per step, so fewer iterations are needed).
     **options
-        ``tol``, ``max_iter``, ``epsilon_scaling``, ``compiled``, ``implicit_state``, ``n_threads``
-        (``backend``: deprecated spelling of ``compiled``).
+        ``tol``, ``max_iter``, ``epsilon_scaling``, ``compiled``, ``implicit_state``, ``n_threads``,
+        ``loss_tol``, ``stage_tol``, ``epsilon_init`` (``backend``: deprecated spelling of
+        ``compiled``).
+
+    The module keeps no autograd graph between calls: ``last_outputs`` holds detached
+    :class:`TermInfo` records (so ``copy.deepcopy``, ``torch.save`` and ``state_dict`` work after
+    a forward pass).
     """
 
     def __init__(self, epsilon: float = 0.05, cost: CostSpec = "sqeuclidean", debias: bool = True,
@@ -540,7 +595,8 @@ class SinkhornLoss(torch.nn.Module):
         self.debias = bool(debias)
         self.grad = _mode(grad)
         self.warm_start = bool(warm_start)
-        allowed = {"tol", "max_iter", "epsilon_scaling", "compiled", "backend", "implicit_state", "n_threads"}
+        allowed = {"tol", "max_iter", "epsilon_scaling", "compiled", "backend", "implicit_state", "n_threads",
+                   "loss_tol", "stage_tol", "epsilon_init"}
         unknown = set(options) - allowed
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -553,7 +609,9 @@ class SinkhornLoss(torch.nn.Module):
         if self.grad == "implicit" and options.get("implicit_state") is None:
             options["implicit_state"] = ImplicitState()  # CG warm start across training steps
         self.options = options
-        self.last_outputs: dict | None = None
+        # detached per-term diagnostics and warm-start potentials of the last call (no autograd
+        # graph is kept between calls: deepcopy, torch.save and state_dict work after a forward)
+        self.last_outputs: dict[str, TermInfo] | None = None
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if len(args) == 2:
@@ -576,7 +634,7 @@ class SinkhornLoss(torch.nn.Module):
         val, outs = sinkhorn_divergence(
             x, y, self.epsilon, a=a, b=b, cost=self.cost, debias=self.debias, grad=self.grad,
             init=init, return_outputs=True, **self.options)
-        self.last_outputs = outs
+        self.last_outputs = {k: TermInfo.of(o) for k, o in outs.items()}
         return val
 
     def extra_repr(self) -> str:  # noqa: D102
