@@ -353,8 +353,12 @@ def test_float32_converged_means_the_returned_plan_meets_tol():
         out = sinkhorn(None, None, C, eps)
         f, g = out.f.double(), out.g.double()
         P = torch.exp((f[:, None] + g[None] - C.double()) / eps - 1)
-        err = float((P.sum(1) - 1 / n).abs().sum() + (P.sum(0) - 1 / m).abs().sum())
-        assert abs(err - float(out.marginal_error)) <= 0.1 * err + 1e-7  # float32 re-summation
+        # the problem solved: float32 uniform weights, b matched to a's mass (rounding-level gap)
+        a32, b32 = torch.full((n,), 1 / n, dtype=torch.float32), torch.full((m,), 1 / m, dtype=torch.float32)
+        ratio = np.float32(float(a32.numpy().sum()) / float(b32.numpy().sum()))  # as check_same_mass
+        a, b = a32.double(), (b32 * torch.tensor(ratio)).double()
+        err = float((P.sum(1) - a).abs().sum() + (P.sum(0) - b).abs().sum())
+        assert abs(err - float(out.marginal_error)) <= 1e-3 * err + 1e-9
         if bool(out.converged):
             assert err <= 1e-6
 
