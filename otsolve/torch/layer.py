@@ -475,6 +475,8 @@ def sinkhorn_divergence(
         The core's ε-scaling options (:class:`otsolve.Sinkhorn`): tolerance of the intermediate
         stages, first ε (default: the cost range of the clouds, i.e. their squared diameter).
 
+    Notes
+    -----
     The self-transport terms OT(a, a) and OT(b, b) are solved as symmetric problems (the core's
     ``BatchedLinearProblem(symmetric=True)``: one potential, averaged updates), which converge in
     a handful of iterations where alternating updates need hundreds at small ε.
@@ -582,6 +584,8 @@ class SinkhornLoss(torch.nn.Module):
         ``loss_tol``, ``stage_tol``, ``epsilon_init`` (``backend``: deprecated spelling of
         ``compiled``).
 
+    Notes
+    -----
     The module keeps no autograd graph between calls: ``last_outputs`` holds detached
     :class:`TermInfo` records (so ``copy.deepcopy``, ``torch.save`` and ``state_dict`` work after
     a forward pass).
