@@ -11,8 +11,12 @@
    backward).
 4. Differentiable sparse MoE routing: core forward vs the torch layer's forward + backward.
 
-Usage: python bench/bench_torch.py [--quick] [--repeats R] [--only divergence|implicit|batch|routing]
-       [--torch-threads T]
+5. Issue 15: randn clouds (n, d, blur grid) against GeomLoss tensorized scaling=0.9 at the same
+   accuracy (errors against a tight float64 solve); a 200-step Adam training loop (time per step);
+   n = m = 50,000 on the CPU (time, peak RSS).
+
+Usage: python bench/bench_torch.py [--quick] [--repeats R]
+       [--only divergence|implicit|batch|routing|randn|training|large] [--torch-threads T]
 """
 from __future__ import annotations
 
@@ -237,13 +241,134 @@ def bench_routing(G, T, E, repeats):
         print(f"| {label} | {t:.4f} |")
 
 
+def _ref_divergence(x, y, blur):
+    """Reference value: float64, stopped on a loss tolerance 1e-8 x |value|."""
+    from otsolve.torch import SamplesLoss as OL
+
+    v0 = float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-6)(x.double(), y.double()))
+    return float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=max(1e-8 * abs(v0), 1e-12),
+                    tol=1e-8, max_iter=50_000)(x.double(), y.double()))
+
+
+def bench_randn(ns, ds, blurs, repeats):
+    """Issue 15: randn clouds (spread-out data), float32 CPU, debiased, forward + backward.
+
+    GeomLoss tensorized with scaling=0.9 against otsolve.torch.SamplesLoss(scaling=0.7) with the
+    loss tolerance set to half of GeomLoss's own absolute error in the same run ("same accuracy
+    or better"), and with a fixed relative knob loss_tol = 1e-4 x |value|. Errors are relative to
+    a tightly converged float64 otsolve solve. Interleaved, median of ``repeats``.
+    """
+    import warnings
+
+    from geomloss import SamplesLoss as GL
+
+    from otsolve.torch import SamplesLoss as OL
+
+    print(f"\n## randn clouds, debiased Sinkhorn divergence, fwd+bwd, float32 CPU (median of {repeats}; "
+          f"torch threads {torch.get_num_threads()})\n")
+    print("| n | d | blur | reference | GeomLoss s=0.9 time (s) | rel. error | otsolve same-accuracy time (s) | "
+          "rel. error | speed-up | otsolve loss_tol=1e-4·|v| time (s) | rel. error | speed-up | iterations xy/xx/yy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in ns:
+        for d in ds:
+            for blur in blurs:
+                torch.manual_seed(0)
+                x, y = torch.randn(n, d), torch.randn(n, d)
+                ref = _ref_divergence(x, y, blur)
+                G = GL("sinkhorn", p=2, blur=blur, scaling=0.9, backend="tensorized")
+                vg = float(G(x, y))
+                eg = abs(vg - ref)
+                O1 = OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=max(0.5 * eg, 1e-7 * abs(ref)))
+                O2 = OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-4 * abs(ref))
+
+                def run(L):
+                    def f():
+                        xr = x.clone().requires_grad_()
+                        v = L(xr, y)
+                        v.backward()
+                        return float(v.detach())
+                    return f
+                ts = {k: [] for k in "g12"}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    vals = {"g": vg, "1": run(O1)(), "2": run(O2)()}
+                    for _ in range(repeats):  # interleaved
+                        for k, L in (("g", G), ("1", O1), ("2", O2)):
+                            t = time.perf_counter()
+                            run(L)()
+                            ts[k].append(time.perf_counter() - t)
+                med = {k: statistics.median(v) for k, v in ts.items()}
+                err = {k: abs(v - ref) / abs(ref) for k, v in vals.items()}
+                its = "/".join(str(int(o.n_iter[0])) for o in O1.last_outputs.values())
+                print(f"| {n} | {d} | {blur} | {ref:.6g} | {med['g']:.3f} | {err['g']:.1e} | {med['1']:.3f} | "
+                      f"{err['1']:.1e} | {med['g'] / med['1']:.2f}x | {med['2']:.3f} | {err['2']:.1e} | "
+                      f"{med['g'] / med['2']:.2f}x | {its} |", flush=True)
+
+
+def bench_training(ns, steps, blur=0.05):
+    """Issue 15: Adam on the points of a cloud (200 steps), time per step: GeomLoss (defaults,
+    tensorized) vs otsolve SamplesLoss (warm starts across steps, loss_tol 1e-4 x first value)."""
+    from geomloss import SamplesLoss as GL
+
+    from otsolve.torch import SamplesLoss as OL
+
+    print(f"\n## Training loop: Adam (lr 0.01) on x, {steps} steps, blur={blur}, float32 CPU\n")
+    print("| n | GeomLoss ms/step | final loss | otsolve ms/step | final loss | ratio |")
+    print("|---|---|---|---|---|---|")
+    for n in ns:
+        torch.manual_seed(1)
+        x0, y = torch.randn(n, 3), torch.randn(n, 3) * 0.5 + 1.0
+        v0 = float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-6)(x0, y))
+        res = {}
+        for name, L in (("geomloss", GL("sinkhorn", p=2, blur=blur, backend="tensorized")),
+                        ("otsolve", OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-4 * v0,
+                                       warm_start=True))):
+            x = x0.clone().requires_grad_()
+            opt = torch.optim.Adam([x], lr=0.01)
+            t = time.perf_counter()
+            for _ in range(steps):
+                opt.zero_grad()
+                v = L(x, y)
+                v.backward()
+                opt.step()
+            res[name] = ((time.perf_counter() - t) / steps * 1e3, float(v.detach()))
+        (tg, vg), (to, vo) = res["geomloss"], res["otsolve"]
+        print(f"| {n} | {tg:.1f} | {vg:.5f} | {to:.1f} | {vo:.5f} | {tg / to:.2f}x |", flush=True)
+
+
+def bench_large(n, blur=0.1):
+    """Issue 15: n = m point clouds on the CPU without n x m memory: time and peak RSS."""
+    import resource
+
+    from otsolve.torch import SamplesLoss as OL
+
+    torch.manual_seed(0)
+    x, y = torch.randn(n, 3), torch.randn(n, 3)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    L = OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-4)
+    xr = x.clone().requires_grad_()
+    t = time.perf_counter()
+    v = L(xr, y)
+    v.backward()
+    dt = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    its = "/".join(str(int(o.n_iter[0])) for o in L.last_outputs.values())
+    print(f"\n## Large clouds: n = m = {n}, d = 3, blur {blur}, loss_tol 1e-4, float32 CPU, fwd+bwd\n")
+    print(f"time {dt:.1f} s, value {float(v.detach()):.6f}, iterations xy/xx/yy {its}, peak RSS {rss:.0f} MiB "
+          f"(before the call {rss0:.0f} MiB; a dense n x m float32 matrix would be {n * n * 4 / 2**20:.0f} MiB)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--only", choices=["divergence", "implicit", "batch", "routing"], default=None)
+    p.add_argument("--only", choices=["divergence", "implicit", "batch", "routing", "randn", "training", "large"],
+                   default=None)
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's choice, 1 for the batch section)")
+    p.add_argument("--n", type=int, nargs="*", default=None, help="sizes of the randn/training sections")
+    p.add_argument("--d", type=int, nargs="*", default=None, help="dimensions of the randn section")
+    p.add_argument("--blur", type=float, nargs="*", default=None, help="blurs of the randn section")
     args = p.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -255,9 +380,19 @@ def main():
         "implicit": ((30, 0.1, 500), (200, 0.05, 500)),
         "batch": ((4, 64), (64, 256)),
         "routing": ((2, 64, 4), (8, 1024, 16)),
+        "randn": (((300,), (3,), (0.05,)), ((1000, 5000), (2, 3, 10), (0.01, 0.05, 0.1))),
+        "training": (((300,), 20), ((300, 1000, 2000), 200)),
+        "large": ((2000,), (50_000,)),
     }
+    if args.n or args.d or args.blur:
+        q = 0 if args.quick else 1
+        ns0, ds0, bl0 = sizes["randn"][q]
+        sizes["randn"] = (((args.n or ns0), (args.d or ds0), (args.blur or bl0)),) * 2
+        if args.n:
+            sizes["training"] = ((args.n, sizes["training"][q][1]),) * 2
+            sizes["large"] = ((args.n[0],),) * 2
     fns = {"divergence": bench_divergence, "implicit": bench_implicit, "batch": bench_batch,
-           "routing": bench_routing}
+           "routing": bench_routing, "randn": bench_randn, "training": bench_training, "large": bench_large}
     for name, fn in fns.items():
         if args.only in (None, name):
             threads = torch.get_num_threads()
@@ -265,7 +400,10 @@ def main():
                 # many small torch ops: with 2 intra-op threads on a loaded 2-core machine every op
                 # waits on a descheduled thread (measured 5-25x slower), so this section uses 1
                 torch.set_num_threads(1)
-            fn(*sizes[name][0 if args.quick else 1], r)
+            if name in ("training", "large"):
+                fn(*sizes[name][0 if args.quick else 1])
+            else:
+                fn(*sizes[name][0 if args.quick else 1], r)
             torch.set_num_threads(threads)
 
 
