@@ -33,13 +33,15 @@ class SolveSpec:
     value_tol: float | None = None
     stage_tol: float = 1e-2
     epsilon_init: float | None = None
+    kernel_memory: float = 4e9  # bytes the CPU kernels may spend on stored costs / kernels
     solution: Solution | None = None
 
     def core_options(self) -> dict:
         """Keyword arguments of :func:`solve_potentials` besides the problem."""
         return dict(eps=self.eps, tol=self.tol, max_iter=self.max_iter, scaling=self.scaling, init=self.init,
                     compiled=self.compiled, n_threads=self.n_threads, symmetric=self.symmetric,
-                    value_tol=self.value_tol, stage_tol=self.stage_tol, epsilon_init=self.epsilon_init)
+                    value_tol=self.value_tol, stage_tol=self.stage_tol, epsilon_init=self.epsilon_init,
+                    kernel_memory=self.kernel_memory)
 
 
 @dataclass

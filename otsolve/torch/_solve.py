@@ -85,14 +85,14 @@ def solve_potentials(
     cost: CostSpec | None = None, scaling: float | None = None,
     init: tuple[torch.Tensor, torch.Tensor] | None = None, compiled: bool = True, n_threads: int = 0,
     symmetric: bool = False, value_tol: float | None = None, stage_tol: float = 1e-2,
-    epsilon_init: float | None = None,
+    epsilon_init: float | None = None, kernel_memory: float = 4e9,
 ) -> Solution:
     """Solve a batch of entropic OT problems with the core driver, without recording a graph.
 
     Give either ``C`` ``(B, n, m)`` or point clouds ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)`` with a
     ``cost``. ``scaling``: decay in (0, 1) of the core's ε-scaling (None: off). ``compiled``:
     the compiled kernels (C++ / CUDA) or the NumPy reference. ``symmetric``, ``value_tol``,
-    ``stage_tol``, ``epsilon_init``: as in the core (:class:`~otsolve.BatchedLinearProblem`,
+    ``stage_tol``, ``epsilon_init``, ``kernel_memory``: as in the core (:class:`~otsolve.BatchedLinearProblem`,
     :class:`~otsolve.Sinkhorn`).
     """
     from ..solvers.sinkhorn import Sinkhorn  # noqa: PLC0415
@@ -101,7 +101,7 @@ def solve_potentials(
         problem = core_problem(a, b, eps, C, x, y, cost, symmetric=symmetric)
         solver = Sinkhorn(tol=tol, max_iter=int(max_iter), epsilon_scaling=False if scaling is None else scaling,
                           n_threads=int(n_threads), compiled=compiled, warn=False, value_tol=value_tol,
-                          stage_tol=stage_tol, epsilon_init=epsilon_init)
+                          stage_tol=stage_tol, epsilon_init=epsilon_init, kernel_memory=kernel_memory)
         start = None if init is None else (_to_core(init[0].to(torch.float64)), _to_core(init[1].to(torch.float64)))
         res = solver(problem, start)
         ref = a

@@ -228,13 +228,14 @@ def _unrolled(C, a, b, eps, tol, max_iter, schedule, init):
 
 def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, compiled, state,
            C=None, x=None, y=None, cost=None, batched=True, inputs=(), n_threads=0,
-           symmetric=False, value_tol=None, stage_tol=1e-2, epsilon_init=None, warn=True):
+           symmetric=False, value_tol=None, stage_tol=1e-2, epsilon_init=None, warn=True, kernel_memory=4e9):
     """Shared driver: batch tensors in, :class:`SinkhornOutput` (batched) out."""
     dense = C is not None
     C_fn = (lambda: C) if dense else (lambda: pairwise_cost(x, y, cost))
     spec = SolveSpec(eps=eps, tol=tol, max_iter=max_iter, cost=cost, scaling=scaling,
                      compiled=compiled, init=init, n_threads=int(n_threads), symmetric=bool(symmetric),
-                     value_tol=value_tol, stage_tol=stage_tol, epsilon_init=epsilon_init)
+                     value_tol=value_tol, stage_tol=stage_tol, epsilon_init=epsilon_init,
+                     kernel_memory=kernel_memory)
     if grad in ("envelope", "detach"):
         if grad == "detach":
             a, b = a.detach(), b.detach()
@@ -439,6 +440,7 @@ def sinkhorn_divergence(
     loss_tol: float | None = None,
     stage_tol: float = 1e-2,
     epsilon_init: float | None = None,
+    kernel_memory: float = 4e9,
 ):
     """Sinkhorn divergence between weighted point clouds (Feydy et al., AISTATS 2019).
 
@@ -471,6 +473,10 @@ def sinkhorn_divergence(
         ``value_tol``; the divergence is xy − ½ xx − ½ yy, so its error is about ``loss_tol``
         or less). ``tol`` is then the finest marginal tolerance. None (default): stop on the
         marginal tolerance ``tol`` alone (accurate, slower).
+    kernel_memory : float, default 4e9
+        Bytes the CPU kernels may spend on a materialised cost and stored Gibbs kernel (2 n m
+        entries; ~3.5x faster sweeps). Larger problems are computed on the fly, O(n + m) memory;
+        ``kernel_memory=0`` forces that (e.g. to stay within a memory budget).
     stage_tol, epsilon_init
         The core's ε-scaling options (:class:`otsolve.Sinkhorn`): tolerance of the intermediate
         stages, first ε (default: the cost range of the clouds, i.e. their squared diameter).
@@ -518,7 +524,7 @@ def sinkhorn_divergence(
     common = dict(eps=eps, grad=grad, tol=tol, max_iter=check_positive_int(max_iter, "max_iter", 0), scaling=scaling,
                   compiled=compiled, state=implicit_state, cost=cost, batched=True,
                   n_threads=check_n_threads(n_threads), stage_tol=stage_tol, epsilon_init=epsilon_init,
-                  value_tol=None if loss_tol is None else 0.5 * loss_tol)
+                  value_tol=None if loss_tol is None else 0.5 * loss_tol, kernel_memory=float(kernel_memory))
     inputs = (x, y, a, b)
     if scaling is not None and any(init.get(k) is not None for k in ("xy", "xx", "yy")):
         # a warm start (e.g. the previous training step) is already at the target ε: the terms
@@ -600,7 +606,7 @@ class SinkhornLoss(torch.nn.Module):
         self.grad = _mode(grad)
         self.warm_start = bool(warm_start)
         allowed = {"tol", "max_iter", "epsilon_scaling", "compiled", "backend", "implicit_state", "n_threads",
-                   "loss_tol", "stage_tol", "epsilon_init"}
+                   "loss_tol", "stage_tol", "epsilon_init", "kernel_memory"}
         unknown = set(options) - allowed
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")

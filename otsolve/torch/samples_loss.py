@@ -75,7 +75,8 @@ class SamplesLoss(torch.nn.Module):
         ε-schedule: for training loops.
     **options
         ``tol`` (finest marginal L1 tolerance), ``max_iter``, ``stage_tol``, ``compiled``,
-        ``n_threads``, ``grad`` ("envelope" default, "implicit", "detach").
+        ``n_threads``, ``grad`` ("envelope" default, "implicit", "detach"), ``kernel_memory``
+        (bytes for stored costs/kernels on the CPU, default 4e9; 0 = always on the fly).
 
     Examples
     --------
@@ -121,7 +122,7 @@ class SamplesLoss(torch.nn.Module):
         self.potentials = bool(potentials)
         self.loss_tol = None if loss_tol is None else check_tol(loss_tol, "loss_tol")
         self.warm_start = bool(warm_start)
-        allowed = {"tol", "max_iter", "stage_tol", "compiled", "n_threads", "grad"}
+        allowed = {"tol", "max_iter", "stage_tol", "compiled", "n_threads", "grad", "kernel_memory"}
         unknown = set(options) - allowed
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
