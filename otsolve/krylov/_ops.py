@@ -213,6 +213,34 @@ def unscale_check(Aop, b_scaled: np.ndarray, y: np.ndarray, s: float, tol_scaled
     return x, bool(converged and rn <= tol_scaled), rn / bn
 
 
+def finish(st, name: str, Aop, Mop, b, x, s_b: float, tol: float, rnorm: float, bnorm: float, rtol: float,
+           why: str | None):
+    """The exit verdict shared by the recycling solvers: the true residual decides a
+    non-converged exit (a recurrence can lag behind it), ``x`` is scaled back to ``b``'s
+    magnitude with the verdict true to the returned ``x``, the counters and message of ``st``
+    are filled and non-convergence warns. Returns ``(x, info)``."""
+    if not st.converged:
+        rt = float(np.linalg.norm(b - Aop(x)))
+        if np.isfinite(rt):
+            rnorm = rt
+            st.converged = rt <= tol
+    x, ok, rel = unscale_check(Aop, b, x, s_b, tol, st.converged)
+    if st.converged and not ok:
+        why = "the solution over- or underflows when scaled back to b's magnitude"
+    st.converged = ok
+    st.matvecs = Aop.count
+    st.precond = Mop.count if Mop is not None else 0
+    st.residual = (rnorm / bnorm if bnorm else rnorm) if rel is None else rel
+    info = 0
+    if not st.converged:
+        info = max(st.iterations, 1)
+        st.message = why or "not converged"
+        warn_unconverged(name, info, st.residual, rtol, why)
+    else:
+        st.message = "converged"
+    return x, info
+
+
 _CONTROLLER = None
 _LIMIT_LOCK = threading.Lock()
 _LIMIT_DEPTH = 0

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.linalg as sla
 
-from ._ops import SolveStats, blas_single_thread, prepare, scale_problem, unscale_check, warn_unconverged
+from ._ops import SolveStats, blas_single_thread, finish, prepare, scale_problem
 from ._recycle import RecycleSpace
 
 __all__ = ["gcrodr"]
@@ -377,24 +377,7 @@ def _gcrodr(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, restart
         x += U.T @ c
         rnorm = float(np.linalg.norm(r))
 
-    if not st.converged:  # the verdict is the true residual's: a recurrence can lag behind it
-        rt = float(np.linalg.norm(b - Aop(x)))
-        if np.isfinite(rt):
-            rnorm = rt
-            st.converged = rt <= tol
-    x, ok, rel = unscale_check(Aop, b, x, s_b, tol, st.converged)
-    if st.converged and not ok:
-        why = "the solution over- or underflows when scaled back to b's magnitude"
-    st.converged = ok
-    st.matvecs = Aop.count
-    st.precond = Mop.count if precond else 0
-    st.residual = (rnorm / bnorm if bnorm else rnorm) if rel is None else rel
-    if not st.converged:
-        info = max(st.iterations, 1)
-        st.message = why or "not converged"
-        warn_unconverged("gcrodr", info, st.residual, rtol, why)
-    else:
-        st.message = "converged"
+    x, info = finish(st, "gcrodr", Aop, Mop, b, x, s_b, tol, rnorm, bnorm, rtol, why)
     st.info = info
     st.recycle_dim = kc
     if recycle is not None and kc:
