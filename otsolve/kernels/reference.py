@@ -2,11 +2,20 @@
 
 They define what the C++ kernels must compute; tests compare the two on random inputs.
 Plan convention: ``P_ij = exp((f_i + g_j - C_ij)/eps - 1)``.
+
+Unbalanced problems (``rho_a`` / ``rho_b`` finite: KL-relaxed marginals, Chizat et al. 2018;
+Séjourné et al. 2019) use the same sweeps with damped updates, see
+:mod:`otsolve.problems.marginals`: the row update is
+``f_i = eps (log a_i + 1/2 + lam (1/2 - lse_i))`` with ``lam = rho / (rho + eps)`` (``lam = 1``
+is the balanced update), and the error is the L1 distance of the plan's marginals to their
+optimality targets ``a~ = a exp(-(f - eps log a - eps/2)/rho)`` (``a`` when balanced).
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import logsumexp
+
+from ..problems.marginals import damping, marginal_target
 
 __all__ = [
     "sinkhorn_dense",
@@ -103,38 +112,50 @@ class Relaxation:
                         self.relaxed = [err]
 
 
-def _marginal_errors(C, f, g, eps, a, b):
+def _marginal_errors(C, f, g, eps, a, b, rho_a=np.inf, rho_b=np.inf):
     L = (f[:, None] + g[None, :] - C) / eps - 1.0
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         row = np.exp(np.minimum(logsumexp(L, axis=1), 709.0))
         col = np.exp(np.minimum(logsumexp(L, axis=0), 709.0))
-    return float(np.abs(row - a).sum()), float(np.abs(col - b).sum())
+        ta, tb = marginal_target(a, f, eps, rho_a), marginal_target(b, g, eps, rho_b)
+    return float(np.abs(row - ta).sum()), float(np.abs(col - tb).sum())
 
 
-def sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega=1.0):
+def _update(log_w, lse, eps, lam):
+    """Block maximiser ``eps (log w + 1/2 + lam (1/2 - lse))`` (balanced: ``eps (log w + 1 - lse)``)."""
+    if lam == 1.0:
+        return eps * (log_w + 1.0 - lse)
+    return eps * (log_w + 0.5 + lam * (0.5 - lse))
+
+
+def sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega=1.0, rho_a=np.inf,
+                   rho_b=np.inf):
     """(Over-relaxed) log-domain Sinkhorn updating ``f``, ``g`` in place.
 
     One update: ``f <- f + w (f_sink - f)`` then ``g <- g + w (g_sink - g)`` with the exact
-    block maximisers ``f_sink``, ``g_sink``. Returns ``(n_iter, status, errors)``: ``errors[k]``
-    is the L1 error of both marginals of the iterate after k updates; status 0 = converged (error
-    <= tol, iterate left unchanged), 1 = max_iter updates done, 2 = diverged.
+    block maximisers ``f_sink``, ``g_sink`` (damped by ``rho / (rho + eps)`` for a KL-relaxed
+    marginal of strength ``rho``; ``inf`` = balanced). Returns ``(n_iter, status, errors)``:
+    ``errors[k]`` is the L1 error of both marginals of the iterate after k updates (to their
+    optimality targets when unbalanced); status 0 = converged (error <= tol, iterate left
+    unchanged), 1 = max_iter updates done, 2 = diverged.
     """
     C = np.asarray(C, dtype=np.float64)
     a, b = np.exp(log_a), np.exp(log_b)
+    lam_a, lam_b = damping(eps, rho_a), damping(eps, rho_b)
     errors: list[float] = []
     relax = Relaxation(omega)
     with np.errstate(invalid="ignore"):
         for it in range(max_iter):
-            err = sum(_marginal_errors(C, f, g, eps, a, b))
+            err = sum(_marginal_errors(C, f, g, eps, a, b, rho_a, rho_b))
             errors.append(err)
             if not np.isfinite(err) and it > 0 and (np.isnan(f).any() or np.isnan(g).any()):
                 return it, 2, errors
             if err <= tol:
                 return it, 0, errors
             w = relax.omega
-            f_sink = eps * (log_a + 1.0 - logsumexp((g[None, :] - C) / eps, axis=1))
+            f_sink = _update(log_a, logsumexp((g[None, :] - C) / eps, axis=1), eps, lam_a)
             f[:] = np.where((a > 0) & np.isfinite(f), f + w * (f_sink - f), f_sink)
-            g_sink = eps * (log_b + 1.0 - logsumexp((f[:, None] - C) / eps, axis=0))
+            g_sink = _update(log_b, logsumexp((f[:, None] - C) / eps, axis=0), eps, lam_b)
             g[:] = np.where((b > 0) & np.isfinite(g), g + w * (g_sink - g), g_sink)
             relax.observe(err)
     return max_iter, 1, errors
@@ -146,29 +167,32 @@ def sinkhorn_scaling_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads,
     return sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads, omega)
 
 
-def sinkhorn_pointcloud(X, YT, kind, scale, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega=1.0):
+def sinkhorn_pointcloud(X, YT, kind, scale, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega=1.0,
+                        rho_a=np.inf, rho_b=np.inf):
     return sinkhorn_dense(pointcloud_cost(X, YT, kind, scale), log_a, log_b, f, g, eps, max_iter, tol,
-                          n_threads, omega)
+                          n_threads, omega, rho_a, rho_b)
 
 
-def symmetric_dense(C, log_a, f, eps, max_iter, tol, n_threads=0):
+def symmetric_dense(C, log_a, f, eps, max_iter, tol, n_threads=0, rho=np.inf):
     """Symmetric Sinkhorn for OT(a, a) on a symmetric cost, updating ``f`` in place.
 
     The optimal potentials of a symmetric problem satisfy f = g; the averaged map
     ``f <- (f + T(f)) / 2`` with ``T(f)_i = eps (log a_i + 1 - LSE_j (f_j - C_ij)/eps)`` converges
     in a handful of iterations (Feydy et al. 2019). ``errors[k]``: L1 error of rows + columns
     (2 x rows) of ``P = exp((f ⊕ f - C)/eps - 1)`` after k updates. Returns (n_iter, status,
-    errors), status 0 converged, 1 budget spent, 2 diverged.
+    errors), status 0 converged, 1 budget spent, 2 diverged. ``rho`` finite: the unbalanced
+    problem (damped ``T``, errors to the marginal targets), as in :func:`sinkhorn_dense`.
     """
     C = np.asarray(C, dtype=np.float64)
     a = np.exp(log_a)
+    lam = damping(eps, rho)
     errors: list[float] = []
     it = 0
     with np.errstate(invalid="ignore", divide="ignore"):
         while True:
             lse = logsumexp((f[None, :] - C) / eps, axis=1)
             mass = np.exp(np.minimum(f / eps - 1.0 + lse, 709.0))
-            err = 2.0 * float(np.where(a > 0, np.abs(mass - a), 0.0).sum())
+            err = 2.0 * float(np.where(a > 0, np.abs(mass - marginal_target(a, f, eps, rho)), 0.0).sum())
             errors.append(err)
             if not np.isfinite(err) and it > 0 and (np.isnan(f).any() or np.isposinf(f).any()):
                 return it, 2, errors
@@ -176,13 +200,13 @@ def symmetric_dense(C, log_a, f, eps, max_iter, tol, n_threads=0):
                 return it, 0, errors
             if it >= max_iter:
                 return it, 1, errors
-            t = eps * (log_a + 1.0 - lse)
+            t = _update(log_a, lse, eps, lam)
             f[:] = np.where((a > 0) & np.isfinite(f), 0.5 * (f + t), t)
             it += 1
 
 
-def symmetric_pointcloud(X, YT, kind, scale, log_a, f, eps, max_iter, tol, n_threads=0):
-    return symmetric_dense(pointcloud_cost(X, YT, kind, scale), log_a, f, eps, max_iter, tol, n_threads)
+def symmetric_pointcloud(X, YT, kind, scale, log_a, f, eps, max_iter, tol, n_threads=0, rho=np.inf):
+    return symmetric_dense(pointcloud_cost(X, YT, kind, scale), log_a, f, eps, max_iter, tol, n_threads, rho)
 
 
 def plan_stats_dense(C, f, g, eps, row, col, n_threads=0):
