@@ -5,6 +5,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -18,6 +19,9 @@ template <typename T>
 using Mat = nb::ndarray<const T, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using CVec = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Vec = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// Default marginal strength: inf = the hard constraint (balanced problem).
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // Interrupt hook of the kernels (InterruptPoll): called without the GIL from the thread that
 // released it; takes the GIL and runs Python's signal handlers. A handler that raised (Ctrl-C:
@@ -44,7 +48,8 @@ static void check_len(const char* name, size_t got, long want) {
 template <typename Cost>
 static std::tuple<long, int, std::vector<double>> run_sweeps(const Cost& cost, CVec log_a, CVec log_b,
                                                               Vec f, Vec g, double eps, long max_iter,
-                                                              double tol, int n_threads, double omega) {
+                                                              double tol, int n_threads, double omega,
+                                                              double rho_a, double rho_b) {
   check_len("log_a", log_a.shape(0), cost.n);
   check_len("f", f.shape(0), cost.n);
   check_len("log_b", log_b.shape(0), cost.m);
@@ -53,7 +58,7 @@ static std::tuple<long, int, std::vector<double>> run_sweeps(const Cost& cost, C
   {
     nb::gil_scoped_release release;
     st = sinkhorn_sweeps(cost, log_a.data(), log_b.data(), f.data(), g.data(), eps, max_iter, tol,
-                         n_threads, omega);
+                         n_threads, omega, rho_a, rho_b);
   }
   raise_if_interrupted(st.status);
   return {st.n_iter, st.status, st.errors};
@@ -62,14 +67,14 @@ static std::tuple<long, int, std::vector<double>> run_sweeps(const Cost& cost, C
 template <typename Cost>
 static std::tuple<long, int, std::vector<double>> run_symmetric(const Cost& cost, CVec log_a, Vec f,
                                                                  double eps, long max_iter, double tol,
-                                                                 int n_threads) {
+                                                                 int n_threads, double rho) {
   if (cost.n != cost.m) throw std::invalid_argument("the symmetric solve needs a square cost");
   check_len("log_a", log_a.shape(0), cost.n);
   check_len("f", f.shape(0), cost.n);
   SweepStats st;
   {
     nb::gil_scoped_release release;
-    st = symmetric_sweeps(cost, log_a.data(), f.data(), eps, max_iter, tol, n_threads);
+    st = symmetric_sweeps(cost, log_a.data(), f.data(), eps, max_iter, tol, n_threads, rho);
   }
   raise_if_interrupted(st.status);
   return {st.n_iter, st.status, st.errors};
@@ -132,36 +137,43 @@ static void bind_dtype(nb::module_& m) {
   m.def(
       "sinkhorn_dense",
       [](Mat<T> C, CVec log_a, CVec log_b, Vec f, Vec g, double eps, long max_iter, double tol,
-         int n_threads, double omega) {
-        return run_sweeps(dense<T>(C), log_a, log_b, f, g, eps, max_iter, tol, n_threads, omega);
+         int n_threads, double omega, double rho_a, double rho_b) {
+        return run_sweeps(dense<T>(C), log_a, log_b, f, g, eps, max_iter, tol, n_threads, omega,
+                          rho_a, rho_b);
       },
       nb::arg("C"), nb::arg("log_a"), nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"),
-      nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads") = 0, nb::arg("omega") = 1.0);
+      nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads") = 0, nb::arg("omega") = 1.0,
+      nb::arg("rho_a") = kInf, nb::arg("rho_b") = kInf);
   m.def(
       "sinkhorn_pointcloud",
       [](Mat<T> X, Mat<T> YT, int kind, double scale, CVec log_a, CVec log_b, Vec f, Vec g,
-         double eps, long max_iter, double tol, int n_threads, double omega) {
+         double eps, long max_iter, double tol, int n_threads, double omega, double rho_a,
+         double rho_b) {
         return run_sweeps(cloud<T>(X, YT, kind, scale), log_a, log_b, f, g, eps, max_iter, tol,
-                          n_threads, omega);
+                          n_threads, omega, rho_a, rho_b);
       },
       nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("log_a"),
       nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"), nb::arg("max_iter"),
-      nb::arg("tol"), nb::arg("n_threads") = 0, nb::arg("omega") = 1.0);
+      nb::arg("tol"), nb::arg("n_threads") = 0, nb::arg("omega") = 1.0, nb::arg("rho_a") = kInf,
+      nb::arg("rho_b") = kInf);
   m.def(
       "symmetric_dense",
-      [](Mat<T> C, CVec log_a, Vec f, double eps, long max_iter, double tol, int n_threads) {
-        return run_symmetric(dense<T>(C), log_a, f, eps, max_iter, tol, n_threads);
+      [](Mat<T> C, CVec log_a, Vec f, double eps, long max_iter, double tol, int n_threads,
+         double rho) {
+        return run_symmetric(dense<T>(C), log_a, f, eps, max_iter, tol, n_threads, rho);
       },
       nb::arg("C"), nb::arg("log_a"), nb::arg("f"), nb::arg("eps"), nb::arg("max_iter"), nb::arg("tol"),
-      nb::arg("n_threads") = 0);
+      nb::arg("n_threads") = 0, nb::arg("rho") = kInf);
   m.def(
       "symmetric_pointcloud",
       [](Mat<T> X, Mat<T> YT, int kind, double scale, CVec log_a, Vec f, double eps, long max_iter,
-         double tol, int n_threads) {
-        return run_symmetric(cloud<T>(X, YT, kind, scale), log_a, f, eps, max_iter, tol, n_threads);
+         double tol, int n_threads, double rho) {
+        return run_symmetric(cloud<T>(X, YT, kind, scale), log_a, f, eps, max_iter, tol, n_threads,
+                             rho);
       },
       nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("log_a"), nb::arg("f"),
-      nb::arg("eps"), nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads") = 0);
+      nb::arg("eps"), nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads") = 0,
+      nb::arg("rho") = kInf);
   m.def(
       "plan_stats_dense",
       [](Mat<T> C, CVec f, CVec g, double eps, Vec row, Vec col, int n_threads) {

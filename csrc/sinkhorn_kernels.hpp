@@ -11,6 +11,15 @@
 // eps; a column whose accumulated mass underflows is recomputed with an exact column LSE.
 // The row masses s_i give the L1 marginal error of the iterate *entering* the sweep for free
 // (its columns are exact), so the stopping test costs nothing extra.
+//
+// Unbalanced problems (KL-relaxed marginals of strength rho, otsolve/problems/marginals.py; the
+// NumPy reference otsolve/kernels/reference.py defines the iterates): the block updates are
+// damped by lam = 1/(1 + eps/rho) around eps (log a + 1/2),
+//   f_i <- eps (log a_i + 1/2 + lam_a (1/2 - lse_i))     (row i now sums to a_i e^{(1-lam_a)(lse_i-1/2)})
+//   g_j <- lam_b (g_j + eps (log b_j - log colacc_j)) + (1 - lam_b) eps (log b_j + 1/2)
+// and the error is measured against the marginal targets a~ = a exp(-(f - eps log a - eps/2)/rho)
+// (exact after a plain update, as in the balanced case). rho = inf gives lam = 1 and runs the
+// balanced code unchanged (one flag per side, tested outside the inner loops).
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -240,16 +249,33 @@ struct Relaxation {
   }
 };
 
+// Damping lam = rho / (rho + eps) of a KL-relaxed marginal's block update (exactly 1 for
+// rho = inf, the balanced update); the same expression as marginals.damping.
+inline double damping(double eps, double rho) { return 1.0 / (1.0 + eps / rho); }
+
+// Marginal target w exp(-(pot - eps log w - eps/2)/rho) of a relaxed side (0 where w = 0), the
+// exponent clamped as marginals.marginal_target does.
+inline double marginal_target(double w, double log_w, double pot, double eps, double rho) {
+  if (!(w > 0.0)) return 0.0;
+  return w * std::exp(std::min(-(pot - eps * log_w - 0.5 * eps) / rho, 700.0));
+}
+
 // Run up to max_iter (over-relaxed) Sinkhorn iterations in place on (f, g). errors[k] is the L1
 // marginal error (rows + columns) of the iterate after k updates, measured during the sweep that
 // performs update k+1. Stops as soon as that error is <= tol and then leaves (f, g) at the
 // measured iterate; after max_iter updates the final iterate's error is not measured here.
+// rho_a / rho_b: strengths of KL-relaxed marginals (inf = hard constraint, the balanced problem);
+// finite ones damp that side's update and measure its error against the marginal target.
 template <typename Cost>
 SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* log_b, double* f,
                            double* g, double eps, long max_iter, double tol, int n_threads,
-                           double omega_in = 1.0) {
+                           double omega_in = 1.0,
+                           double rho_a = std::numeric_limits<double>::infinity(),
+                           double rho_b = std::numeric_limits<double>::infinity()) {
   const long n = cost.n, m = cost.m;
   const double inv_eps = 1.0 / eps;
+  const bool unb_a = std::isfinite(rho_a), unb_b = std::isfinite(rho_b);
+  const double lam_a = damping(eps, rho_a), lam_b = damping(eps, rho_b);
   const int nt = resolve_threads(n_threads, n * m);
   std::vector<double> f_new(n), colsum(m), col_in(m), a(n), b(m);
   for (long i = 0; i < n; ++i) a[i] = std::exp(log_a[i]);
@@ -299,14 +325,22 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
         const double lse = mx + std::log(s);
         const double fi = f[i] * inv_eps - 1.0;
         // Row mass of the entering plan: exp(f_i/eps - 1 + lse).
-        err_rows += std::fabs(std::exp(std::min(fi + lse, 709.0)) - a[i]);
+        const double target = unb_a ? marginal_target(a[i], log_a[i], f[i], eps, rho_a) : a[i];
+        err_rows += std::fabs(std::exp(std::min(fi + lse, 709.0)) - target);
         if (first) {  // entering column masses, for the first error only
           const double wi = std::exp(std::min(fi + mx, 709.0));
 #pragma omp simd
           for (long j = 0; j < m; ++j) cin[j] += wi * v[j];
         }
-        const double f_sink = eps * (log_a[i] + 1.0 - lse);
-        double fn = f_sink, wrow = a[i] / s;
+        double f_sink, wrow;
+        if (unb_a) {  // damped update; new row mass a_i exp((1 - lam_a)(lse - 1/2))
+          f_sink = eps * (log_a[i] + 0.5 + lam_a * (0.5 - lse));
+          wrow = a[i] > 0.0 ? a[i] / s * std::exp(std::min((1.0 - lam_a) * (lse - 0.5), 700.0)) : 0.0;
+        } else {
+          f_sink = eps * (log_a[i] + 1.0 - lse);
+          wrow = a[i] / s;
+        }
+        double fn = f_sink;
         if (w != 1.0 && a[i] > 0.0 && std::isfinite(f[i])) {
           fn = f[i] + w * (f_sink - f[i]);
           wrow *= std::exp(std::min((fn - f_sink) * inv_eps, 700.0));
@@ -331,7 +365,12 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
     }
     if (first) {
       col_err = 0.0;
-      for (long j = 0; j < m; ++j) col_err += std::fabs(col_in[j] - b[j]);
+      if (unb_b) {
+        for (long j = 0; j < m; ++j)
+          col_err += std::fabs(col_in[j] - marginal_target(b[j], log_b[j], g[j], eps, rho_b));
+      } else {
+        for (long j = 0; j < m; ++j) col_err += std::fabs(col_in[j] - b[j]);
+      }
     }
     const double err = err_rows + col_err;
     st.errors.push_back(err);
@@ -352,19 +391,42 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
     // Column update; underflowed columns get an exact LSE (and a plain step).
     const double tiny = 1e-280;
     double cerr = 0.0;
+    if (!unb_b) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 256) reduction(+ : cerr)
-    for (long j = 0; j < m; ++j) {
-      if (colsum[j] > tiny && std::isfinite(colsum[j])) {
-        const double step = log_b[j] - std::log(colsum[j]);
-        if (w == 1.0 || !std::isfinite(g[j]) || b[j] == 0.0) {
-          g[j] += eps * step;
+      for (long j = 0; j < m; ++j) {
+        if (colsum[j] > tiny && std::isfinite(colsum[j])) {
+          const double step = log_b[j] - std::log(colsum[j]);
+          if (w == 1.0 || !std::isfinite(g[j]) || b[j] == 0.0) {
+            g[j] += eps * step;
+          } else {
+            g[j] += w * eps * step;
+            // column mass after the relaxed step: colsum^(1-w) b^w
+            cerr += std::fabs(colsum[j] * std::exp(w * step) - b[j]);
+          }
         } else {
-          g[j] += w * eps * step;
-          // column mass after the relaxed step: colsum^(1-w) b^w
-          cerr += std::fabs(colsum[j] * std::exp(w * step) - b[j]);
+          g[j] = eps * (log_b[j] + 1.0 - column_lse(cost, f, j, inv_eps));
         }
-      } else {
-        g[j] = eps * (log_b[j] + 1.0 - column_lse(cost, f, j, inv_eps));
+      }
+    } else {
+      // damped: g_sink = lam_b (g + eps (log b - log colsum)) + (1 - lam_b) eps (log b + 1/2),
+      // whose column mass colsum exp((g_sink - g)/eps) equals its target b~(g_sink)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 256) reduction(+ : cerr)
+      for (long j = 0; j < m; ++j) {
+        if (colsum[j] > tiny && std::isfinite(colsum[j])) {
+          const double g_sink = lam_b * (g[j] + eps * (log_b[j] - std::log(colsum[j]))) +
+                                (1.0 - lam_b) * eps * (log_b[j] + 0.5);
+          if (w == 1.0 || !std::isfinite(g[j]) || b[j] == 0.0) {
+            g[j] = g_sink;
+          } else {
+            const double gn = g[j] + w * (g_sink - g[j]);
+            // column mass after the relaxed step vs the target at the new potential
+            const double mass = colsum[j] * std::exp(std::min((gn - g[j]) * inv_eps, 700.0));
+            cerr += std::fabs(mass - marginal_target(b[j], log_b[j], gn, eps, rho_b));
+            g[j] = gn;
+          }
+        } else {
+          g[j] = eps * (log_b[j] + 0.5 + lam_b * (0.5 - column_lse(cost, f, j, inv_eps)));
+        }
       }
     }
     col_err = cerr;
@@ -383,11 +445,16 @@ SweepStats sinkhorn_sweeps(const Cost& cost, const double* log_a, const double* 
 // converges in a handful of iterations. errors[k] = L1 error of rows + columns (= 2 x rows, by
 // symmetry) of the plan P_ij = exp((f_i + f_j - C_ij)/eps - 1) after k updates; stops when
 // <= tol leaving f at the measured iterate. Status as sinkhorn_sweeps (0, 1, 2, 4).
+// rho: strength of the KL-relaxed marginal (inf = balanced): finite, T is the damped update
+// eps (log a_i + 1/2 + lam (1/2 - LSE)) and the error is measured against the marginal target.
 template <typename Cost>
 SweepStats symmetric_sweeps(const Cost& cost, const double* log_a, double* f, double eps,
-                            long max_iter, double tol, int n_threads) {
+                            long max_iter, double tol, int n_threads,
+                            double rho = std::numeric_limits<double>::infinity()) {
   const long n = cost.n, m = cost.m;
   const double inv_eps = 1.0 / eps;
+  const bool unb = std::isfinite(rho);
+  const double lam = damping(eps, rho);
   const int nt = resolve_threads(n_threads, n * m);
   std::vector<double> f_new(n), a(n);
   for (long i = 0; i < n; ++i) a[i] = std::exp(log_a[i]);
@@ -420,8 +487,11 @@ SweepStats symmetric_sweeps(const Cost& cost, const double* log_a, double* f, do
         }
         const double lse = mx + std::log(s);
         const double fi = f[i] * inv_eps - 1.0;
-        if (a[i] > 0.0) err_rows += std::fabs(std::exp(std::min(fi + lse, 709.0)) - a[i]);
-        const double t = eps * (log_a[i] + 1.0 - lse);
+        if (a[i] > 0.0) {
+          const double target = unb ? marginal_target(a[i], log_a[i], f[i], eps, rho) : a[i];
+          err_rows += std::fabs(std::exp(std::min(fi + lse, 709.0)) - target);
+        }
+        const double t = unb ? eps * (log_a[i] + 0.5 + lam * (0.5 - lse)) : eps * (log_a[i] + 1.0 - lse);
         f_new[i] = (a[i] > 0.0 && std::isfinite(f[i])) ? 0.5 * (f[i] + t) : t;
       }
     }
