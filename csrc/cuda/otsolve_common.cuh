@@ -28,6 +28,7 @@ template <> struct Tr<double> {
 };
 
 __device__ __forceinline__ double dninf() { return __longlong_as_double(0xfff0000000000000ULL); }
+__device__ __forceinline__ double dpinf() { return __longlong_as_double(0x7ff0000000000000ULL); }
 
 // Online log-sum-exp state: LSE = mx + log(s), and t = sum_j exp(v_j - mx) * w_j (a weighted sum
 // rescaled together with s, used for <C, P>). The max is kept in the working type, the sums in
@@ -78,17 +79,31 @@ template <typename T> struct Lse {
   }
 };
 
+// Marginal target of a line with weight w = exp(lw) > 0 and potential pot: w when rho = inf
+// (balanced), else w exp(-(pot - eps log w - eps/2)/rho) (KL-relaxed marginal of strength rho,
+// otsolve.problems.marginals.marginal_target; the exponent is capped at 700 like there).
+__device__ __forceinline__ double marginal_target(double w, double lw, double pot, double e, double rho) {
+  if (rho == dpinf()) return w;
+  double x = -(pot - e * lw - 0.5 * e) / rho;
+  if (x > 700.0) x = 700.0;
+  return w * exp(x);
+}
+
 // Result of one row (or column) of a pass, written by its finishing thread.
-//   mode 0 (update): pot <- pot + omega (pot_sinkhorn - pot), pot_sinkhorn = eps (log w + 1 - lse)
+//   mode 0 (update): pot <- pot + omega (pot_sinkhorn - pot) with the block maximiser
+//     pot_sinkhorn = eps (log w + 1/2 + lam (1/2 - lse)), lam = 1/(1 + eps/rho): the balanced
+//     eps (log w + 1 - lse) when rho = inf (lam = 1), damped for a KL-relaxed marginal
 //     (omega = 1: plain Sinkhorn; omega in (1, 2): over-relaxation, Thibault et al. 2021).
-//     Returns |mass - w| of the line: of the entering iterate when `result_err` is 0 (row pass),
-//     of the resulting iterate when 1 (column pass; zero for omega = 1, since the column is then
-//     exact: mass = w exp((omega - 1)(pot_sinkhorn - pot_old)/eps)).
+//     Returns |mass - target| of the line (target: marginal_target, = w when balanced): of the
+//     entering iterate when `result_err` is 0 (row pass), of the resulting iterate when 1
+//     (column pass; zero for omega = 1, since the exact block update makes the mass equal the
+//     target; relaxed, with r = (p_new - sink)/eps: mass = target(sink) exp(r) and
+//     target(p_new) = target(sink) exp(-r eps/rho), so |mass - target| = target(p_new) |expm1(r/lam)|).
 //   mode 1 (marginal): mass_out = exp(pot/eps - 1 + lse), cost_out = <C, P> of that line
 template <typename T>
 __device__ __forceinline__ double finish_line(int mode, double lse, double tsum_over_s, T* pot, i64 idx,
-                                              const T* logw, T eps, T omega, int result_err, T* mass_out,
-                                              double* cost_out) {
+                                              const T* logw, T eps, T omega, double rho, int result_err,
+                                              T* mass_out, double* cost_out) {
   const double e = (double)eps;
   const double p_old = (double)pot[idx];
   double ex = p_old / e - 1.0 + lse;
@@ -101,16 +116,17 @@ __device__ __forceinline__ double finish_line(int mode, double lse, double tsum_
       pot[idx] = (T)dninf();
       return result_err ? 0.0 : mass;
     }
-    const double sink = e * (lw + 1.0 - lse);
+    const double lam = 1.0 / (1.0 + e / rho);  // exactly 1 for rho = inf
+    const double sink = (lam == 1.0) ? e * (lw + 1.0 - lse) : e * (lw + 0.5 + lam * (0.5 - lse));
     const double om = (double)omega;
     const bool relax = om != 1.0 && p_old > dninf() && p_old < (double)Tr<T>::pinf();
     const double p_new = relax ? p_old + om * (sink - p_old) : sink;
     pot[idx] = (T)p_new;
-    if (!result_err) return fabs(mass - w);
+    if (!result_err) return fabs(mass - marginal_target(w, lw, p_old, e, rho));
     if (!relax) return 0.0;
-    double r = (p_new - sink) / e;
+    double r = (p_new - sink) / e / lam;
     if (r > (double)Tr<T>::max_log()) r = (double)Tr<T>::max_log();
-    return w * fabs(expm1(r));
+    return marginal_target(w, lw, p_new, e, rho) * fabs(expm1(r));
   }
   mass_out[idx] = (T)mass;
   if (cost_out) cost_out[idx] = (mass > 0.0) ? mass * tsum_over_s : 0.0;

@@ -1,9 +1,13 @@
 // Fused log-domain Sinkhorn passes on the GPU (dense costs and point clouds), batched.
 //
 // Convention: P_ij = exp((f_i + g_j - C_ij)/eps - 1). One iteration is
-//   row pass:    lse_i = LSE_j (g_j - C_ij)/eps;  err += |exp(f_i/eps - 1 + lse_i) - a_i|;
-//                f_i <- eps (log a_i + 1 - lse_i)
-//   column pass: lse_j = LSE_i (f_i - C_ij)/eps;  g_j <- eps (log b_j + 1 - lse_j)
+//   row pass:    lse_i = LSE_j (g_j - C_ij)/eps;  err += |exp(f_i/eps - 1 + lse_i) - a~_i|;
+//                f_i <- eps (log a_i + 1/2 + lam_a (1/2 - lse_i))
+//   column pass: lse_j = LSE_i (f_i - C_ij)/eps;  g_j <- eps (log b_j + 1/2 + lam_b (1/2 - lse_j))
+// with lam = 1/(1 + eps/rho) for a marginal KL-relaxed with strength rho (unbalanced OT; each
+// side's rho is a kernel argument) and lam = 1 (the balanced eps (log a_i + 1 - lse_i)) for
+// rho = inf; the targets a~ = a exp(-(f - eps log a - eps/2)/rho) are a itself when balanced
+// (see finish_line in otsolve_common.cuh and otsolve/problems/marginals.py).
 // so the cost is read twice per iteration (the memory floor) and each entry costs one exp.
 // The row pass measures the L1 marginal error of the iterate entering it (its columns are exact
 // after the previous column pass), so stopping costs no extra pass.
@@ -20,8 +24,8 @@ using namespace otsolve_cuda;
 template <typename T>
 __global__ void row_pass_dense(const T* __restrict__ C, const T* __restrict__ other, const T* __restrict__ logw,
                                T* __restrict__ pot, const T* __restrict__ omega, const int* __restrict__ active,
-                               i64 n, i64 m, T eps, int mode, int with_cost, double* __restrict__ err_out, T* __restrict__ mass_out,
-                               double* __restrict__ cost_out) {
+                               i64 n, i64 m, T eps, double rho, int mode, int with_cost, double* __restrict__ err_out,
+                               T* __restrict__ mass_out, double* __restrict__ cost_out) {
   const int p = active[blockIdx.y];
   const int lane = threadIdx.x & 31;
   const i64 i = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -45,7 +49,7 @@ __global__ void row_pass_dense(const T* __restrict__ C, const T* __restrict__ ot
     st.warp_reduce();
     if (lane == 0) {
       const double ts = (st.s > 0.0) ? st.t / st.s : 0.0;
-      err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * n + i, logw, eps, omega[p], 0, mass_out,
+      err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * n + i, logw, eps, omega[p], rho, 0, mass_out,
                            with_cost ? cost_out : (double*)0);
     }
   }
@@ -98,7 +102,7 @@ template <typename T>
 __global__ void col_finalize(const T* __restrict__ part_mx, const double* __restrict__ part_s,
                              const double* __restrict__ part_t, int nchunk, const T* __restrict__ logw,
                              T* __restrict__ pot, const T* __restrict__ omega, const int* __restrict__ active,
-                             int n_active, i64 m, T eps,
+                             int n_active, i64 m, T eps, double rho,
                              int mode, int with_cost, double* __restrict__ err_out, T* __restrict__ mass_out,
                              double* __restrict__ cost_out) {
   const i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -114,7 +118,7 @@ __global__ void col_finalize(const T* __restrict__ part_mx, const double* __rest
       st.merge(part_mx[k], part_s[k], part_t[k]);
     }
     const double ts = (st.s > 0.0) ? st.t / st.s : 0.0;
-    err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * m + j, logw, eps, omega[p], 1, mass_out,
+    err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * m + j, logw, eps, omega[p], rho, 1, mass_out,
                          with_cost ? cost_out : (double*)0);
   }
   if (mode == 0 && err_out) block_atomic_add(err, err_out + p);
@@ -132,7 +136,7 @@ template <typename T>
 __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict__ YT, int d, int kind, T scale,
                                     const T* __restrict__ other, const T* __restrict__ logw, T* __restrict__ pot,
                                     const T* __restrict__ omega, const int* __restrict__ active, i64 n, i64 m,
-                                    T eps, int mode, int with_cost, int result_err,
+                                    T eps, double rho, int mode, int with_cost, int result_err,
                                     double* __restrict__ err_out, T* __restrict__ mass_out,
                                     double* __restrict__ cost_out) {
   const int p = active[blockIdx.y];
@@ -195,8 +199,8 @@ __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict
       st[r].warp_reduce();
       if (lane == 0 && i0 + r < n) {
         const double ts = (st[r].s > 0.0) ? st[r].t / st[r].s : 0.0;
-        err += finish_line<T>(mode, st[r].value(), ts, pot, (i64)p * n + i0 + r, logw, eps, omega[p], result_err,
-                              mass_out, with_cost ? cost_out : (double*)0);
+        err += finish_line<T>(mode, st[r].value(), ts, pot, (i64)p * n + i0 + r, logw, eps, omega[p], rho,
+                              result_err, mass_out, with_cost ? cost_out : (double*)0);
       }
     }
   }
@@ -207,14 +211,15 @@ __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict
 // Explicit instantiations so that `nvcc -DOTSOLVE_NVCC_CHECK` type-checks every template body.
 #define OTS_INST(T)                                                                                   \
   template __global__ void row_pass_dense<T>(const T*, const T*, const T*, T*, const T*, const int*, i64, i64, \
-                                             T, int, int, double*, T*, double*);                      \
+                                             T, double, int, int, double*, T*, double*);                     \
   template __global__ void col_partial_dense<T>(const T*, const T*, const int*, i64, i64, T, int, int, T*,  \
                                                 double*, double*);                                    \
   template __global__ void col_finalize<T>(const T*, const double*, const double*, int, const T*, T*,     \
-                                           const T*, const int*, int, i64, T, int, int, double*, T*, double*); \
+                                           const T*, const int*, int, i64, T, double, int, int, double*, T*,  \
+                                           double*);                                          \
   template __global__ void row_pass_pointcloud<T>(const T*, const T*, int, int, T, const T*, const T*, T*, \
-                                                  const T*, const int*, i64, i64, T, int, int, int, double*, T*, \
-                                                  double*);
+                                                  const T*, const int*, i64, i64, T, double, int, int, int, double*, \
+                                                  T*, double*);
 OTS_INST(float)
 OTS_INST(double)
 #endif

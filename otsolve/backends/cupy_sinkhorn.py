@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels.reference import Relaxation as _HostRelaxation
+from ..problems.marginals import check_rho, dual_value, marginal_residual, marginal_target, primal_value
 from ..solvers._common import initial_potentials
 from .cuda_kernels import get_kernel
 
@@ -94,7 +95,9 @@ class CudaSinkhornEngine:
     Potentials are (B, n) and (B, m) arrays of the geometry's dtype; ``active`` is an int32 CuPy
     array of the problem ids to process. ``mode=0`` updates the potential and adds the L1 error of
     the entering iterate into ``err_out[p]``; ``mode=1`` writes marginals (and <C, P> per row when
-    ``cost_out`` is given) without updating.
+    ``cost_out`` is given) without updating. ``rho`` (update passes): the pass's marginal penalty
+    strength, ``inf`` = the balanced update, finite = the KL-damped update of unbalanced OT with
+    errors to the marginal targets (:mod:`otsolve.problems.marginals`).
     """
 
     def __init__(self, geo: CudaGeometry) -> None:
@@ -138,7 +141,8 @@ class CudaSinkhornEngine:
                 np.int32(cost_out is not None))
 
     # -- passes ---------------------------------------------------------------------------
-    def row_pass(self, f, g, log_a, eps, active, mode=0, err_out=None, mass_out=None, cost_out=None):
+    def row_pass(self, f, g, log_a, eps, active, mode=0, err_out=None, mass_out=None, cost_out=None,
+                 rho: float = math.inf):
         """Rows: f from g (mode 0; adds the entering iterate's L1 error into ``err_out[p]``),
         or row marginals into ``mass_out`` and <C, P> per row into ``cost_out`` (mode 1)."""
         geo = self.geo
@@ -147,15 +151,18 @@ class CudaSinkhornEngine:
             if geo.dense:
                 grid = (math.ceil(geo.n / 8), int(act.size), 1)  # one warp per row
                 self.k_row(grid, (256, 1, 1), (geo.C, g, logw, f, self.omega, act, np.int64(geo.n),
-                                               np.int64(geo.m), self.T(eps), np.int32(mode), wc, err, mass, cost))
+                                               np.int64(geo.m), self.T(eps), np.float64(rho), np.int32(mode), wc,
+                                               err, mass, cost))
             else:
                 grid = (math.ceil(geo.n / 32), int(act.size), 1)  # 8 warps x 4 rows per block
                 self.k_pc(grid, (256, 1, 1), (geo.X, geo.YT, np.int32(geo.d), np.int32(geo.kind),
                                               self.T(geo.scale), g, logw, f, self.omega, act, np.int64(geo.n),
-                                              np.int64(geo.m), self.T(eps), np.int32(mode), wc, np.int32(0),
+                                              np.int64(geo.m), self.T(eps), np.float64(rho), np.int32(mode), wc,
+                                              np.int32(0),
                                               err, mass, cost))
 
-    def col_pass(self, f, g, log_b, eps, active, mode=0, err_out=None, mass_out=None, cost_out=None):
+    def col_pass(self, f, g, log_b, eps, active, mode=0, err_out=None, mass_out=None, cost_out=None,
+                 rho: float = math.inf):
         """Columns: g from f (mode 0; adds the L1 column error of the *resulting* iterate, zero
         without over-relaxation), or column marginals into ``mass_out`` (mode 1)."""
         geo = self.geo
@@ -166,7 +173,8 @@ class CudaSinkhornEngine:
                 grid = (math.ceil(geo.m / 32), int(act.size), 1)
                 self.k_pc(grid, (256, 1, 1), (geo.Y, geo.XT, np.int32(geo.d), np.int32(geo.kind),
                                               self.T(geo.scale), f, logw, g, self.omega, act, np.int64(geo.m),
-                                              np.int64(geo.n), self.T(eps), np.int32(mode), wc, np.int32(1),
+                                              np.int64(geo.n), self.T(eps), np.float64(rho), np.int32(mode), wc,
+                                              np.int32(1),
                                               err, mass, cost))
             return
         for act in self._slices(active):
@@ -186,7 +194,7 @@ class CudaSinkhornEngine:
                                                        self.T(eps), np.int32(rpc), wc, pmx, ps, pt))
             self.k_colf((math.ceil(geo.m / 256), na, 1), (256, 1, 1),
                         (pmx, ps, pt, np.int32(nchunk), logw, g, self.omega, act, np.int32(na), np.int64(geo.m),
-                         self.T(eps), np.int32(mode), wc, err, mass, cost))
+                         self.T(eps), np.float64(rho), np.int32(mode), wc, err, mass, cost))
 
     # -- statistics of the plan --------------------------------------------------------------
     def plan_stats(self, f, g, eps, active):
@@ -229,11 +237,14 @@ class Relaxation(_HostRelaxation):
 
 def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, max_iter: int, tol: float,
                   active_ids: np.ndarray, check_every: int | None = None, omega: float | None = 1.0,
-                  budgets: np.ndarray | None = None) -> LoopResult:
+                  budgets: np.ndarray | None = None, rho_a: float = math.inf,
+                  rho_b: float = math.inf) -> LoopResult:
     """Sinkhorn iterations on the problems ``active_ids`` until each one's error <= tol.
 
     ``errors[p][k]`` is the L1 marginal error (rows + columns) of problem p's iterate after k
-    updates. A problem stops costing work at the first check (every ``check_every`` iterations;
+    updates: to the marginal targets of :func:`otsolve.problems.marginals.marginal_target` when
+    ``rho_a`` / ``rho_b`` (KL penalty strengths of the row / column marginals) are finite, to
+    the weights when they are ``inf`` (balanced). A problem stops costing work at the first check (every ``check_every`` iterations;
     by default after 1, 2, 4, ... iterations up to :func:`check_interval`) after its error falls to ``tol`` (its id leaves the launch list) or turns non-finite
     (diverged). ``omega``: over-relaxation (1 plain, None adaptive per problem). ``budgets``
     (aligned with ``active_ids``): each problem's own iteration budget (default ``max_iter``).
@@ -257,7 +268,8 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
     if active.size:
         col = cp.zeros((B, geo.m), dtype=geo.dtype)
         engine.col_pass(f, g, None, eps, cp.asarray(active), mode=1, mass_out=col)
-        dev = cp.abs(col.astype(cp.float64) - cp.exp(log_b.astype(cp.float64))).sum(axis=1)
+        target = marginal_target(cp.exp(log_b.astype(cp.float64)), g.astype(cp.float64), eps, rho_b)
+        dev = cp.abs(col.astype(cp.float64) - target).sum(axis=1)
         carry[...] = cp.where(cp.isfinite(dev), dev, cp.inf)
         carry[cp.asarray(np.setdiff1d(np.arange(B), active))] = 0
     it = 0
@@ -270,8 +282,8 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
         buf[0] = carry
         act_d = cp.asarray(active)
         for q in range(k):
-            engine.row_pass(f, g, log_a, eps, act_d, 0, err_out=buf[q])      # rows of iterate q
-            engine.col_pass(f, g, log_b, eps, act_d, 0, err_out=buf[q + 1])  # columns of q + 1
+            engine.row_pass(f, g, log_a, eps, act_d, 0, err_out=buf[q], rho=rho_a)      # rows of iterate q
+            engine.col_pass(f, g, log_b, eps, act_d, 0, err_out=buf[q + 1], rho=rho_b)  # columns of q + 1
         it += k
         host = buf.get()
         carry = buf[k].copy()
@@ -308,34 +320,46 @@ def _as_device_potentials(init, n: int, m: int, dtype):
 
 
 
-def measure_plans(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active, masses=None):
-    """Per-problem (marginal L1 error, <C,P>, Σ P log P) as float64 CuPy arrays (B,); the plans'
-    masses Σ P go into ``masses`` when given."""
+def measure_plans(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active, masses=None,
+                  rho_a: float = math.inf, rho_b: float = math.inf, values=None):
+    """Per-problem (marginal error, <C,P>, Σ P log P) as float64 CuPy arrays (B,); the plans'
+    masses Σ P go into ``masses`` and their primal objectives
+    (:func:`otsolve.problems.marginals.primal_value`: ``<C,P> + ε Σ P log P`` when balanced) into
+    ``values`` when given. The error is :func:`~otsolve.problems.marginals.marginal_residual`:
+    the L1 distance of the marginals to the weights (balanced) or to the targets of the
+    KL-relaxed sides (``rho_a`` / ``rho_b`` finite)."""
     cp = engine.cp
     row, col, cost = engine.plan_stats(f, g, eps, active)
+    mass = row.sum(axis=1)
     if masses is not None:
-        masses[...] = row.sum(axis=1)
+        masses[...] = mass
     a64, b64 = a.astype(cp.float64), b.astype(cp.float64)
-    merr = cp.abs(row - a64).sum(axis=1) + cp.abs(col - b64).sum(axis=1)
-    # Σ P log P = (Σ f r + Σ g c - <C,P>)/ε - Σ P, skipping zero-mass -inf potentials
     f64, g64 = f.astype(cp.float64), g.astype(cp.float64)
+    merr = marginal_residual(row, col, f64, g64, a64, b64, eps, rho_a, rho_b)
+    # Σ P log P = (Σ f r + Σ g c - <C,P>)/ε - Σ P, skipping zero-mass -inf potentials
     fr = cp.where(row > 0, f64 * row, 0.0).sum(axis=1)
     gc = cp.where(col > 0, g64 * col, 0.0).sum(axis=1)
-    plogp = (fr + gc - cost) / eps - row.sum(axis=1)
+    plogp = (fr + gc - cost) / eps - mass
+    if values is not None:
+        values[...] = primal_value(cost, plogp, row, col, a64, b64, eps, rho_a, rho_b)
     return merr, cost, plogp
 
 
-def finish_stats(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active):
-    """Per-problem (marginal L1 error, <C,P>, regularised value) as float64 NumPy arrays."""
-    merr, cost, plogp = measure_plans(engine, f, g, a, b, eps, active)
-    return merr.get(), cost.get(), (cost + eps * plogp).get()
+def finish_stats(engine: CudaSinkhornEngine, f, g, a, b, eps: float, active, rho_a: float = math.inf,
+                 rho_b: float = math.inf):
+    """Per-problem (marginal error, <C,P>, primal value) as float64 NumPy arrays (the value is
+    ``<C,P> + ε Σ P log P`` when balanced)."""
+    values = engine.cp.zeros(engine.geo.B, dtype=engine.cp.float64)
+    merr, cost, _ = measure_plans(engine, f, g, a, b, eps, active, rho_a=rho_a, rho_b=rho_b, values=values)
+    return merr.get(), cost.get(), values.get()
 
 
 # ------------------------------------------------------------------------------------------
 class CudaKernels:
     """GPU kernel set of the Sinkhorn driver (see :mod:`otsolve.backends.kernel_sets`): the fused
     CUDA passes over the whole batch, launched only for the problems still running. Potentials
-    are (B, n), (B, m) CuPy arrays of the problem's dtype."""
+    are (B, n), (B, m) CuPy arrays of the problem's dtype. Unbalanced batches (``batch.rho_a`` /
+    ``batch.rho_b`` finite: KL-relaxed marginals) run the same passes with the damped updates."""
 
     def __init__(self, batch) -> None:
         import cupy as cp  # noqa: PLC0415
@@ -363,7 +387,11 @@ class CudaKernels:
             self.a = cp.ascontiguousarray(batch.a.astype(dtype))
             self.b = cp.ascontiguousarray(batch.b.astype(dtype))
             self.log_a, self.log_b = cp.log(self.a), cp.log(self.b)  # log 0 = -inf: zero weights
+        # marginal penalty strengths (inf = balanced); symmetric batches have rho_b = rho_a
+        self.rho_a = check_rho(getattr(batch, "rho_a", math.inf), "rho_a")
+        self.rho_b = self.rho_a if batch.symmetric else check_rho(getattr(batch, "rho_b", math.inf), "rho_b")
         self.masses = np.full(batch.B, np.nan)  # Σ P of the plans last measured (measure)
+        self.values = np.full(batch.B, np.nan)  # their primal objectives (measure)
 
     def new_potentials(self, init: Any):
         from ..solvers._common import initial_potentials  # noqa: PLC0415
@@ -376,13 +404,14 @@ class CudaKernels:
         ids = np.asarray(ids, dtype=np.int32)
         with self.device:
             lr = sinkhorn_loop(self.engine, self.log_a, self.log_b, f, g, eps, int(max(budgets, default=0)), tol,
-                               ids, omega=omega, budgets=budgets)
+                               ids, omega=omega, budgets=budgets, rho_a=self.rho_a, rho_b=self.rho_b)
         return lr.n_iter[ids], lr.status[ids], [lr.errors[p] for p in ids]
 
     def iterate_symmetric(self, ids, f, eps: float, budgets, tol: float):
         """Symmetric problems (g = f): the row pass over C(x, x) with the other potential a copy
-        of f and the relaxation 1/2 is exactly the averaged update f <- (f + T(f)) / 2; the row
-        pass measures the entering iterate's row error (columns: the same, by symmetry)."""
+        of f and the relaxation 1/2 is exactly the averaged update f <- (f + T(f)) / 2 (T damped
+        by ``rho_a`` when finite); the row pass measures the entering iterate's row error
+        (columns: the same, by symmetry)."""
         cp = self.cp
         ids = np.asarray(ids, dtype=np.int32)
         B = self.batch.B
@@ -396,7 +425,7 @@ class CudaKernels:
             eng.omega.fill(0.5)
             while active.size:
                 err = cp.zeros(B, dtype=cp.float64)
-                eng.row_pass(f, f.copy(), self.log_a, eps, cp.asarray(active), 0, err_out=err)
+                eng.row_pass(f, f.copy(), self.log_a, eps, cp.asarray(active), 0, err_out=err, rho=self.rho_a)
                 host = 2.0 * err.get()
                 keep = []
                 for p in active:  # the pass measured iterate k and applied update k + 1
@@ -414,25 +443,31 @@ class CudaKernels:
         return n_iter[ids], status[ids], [errors[p] for p in ids]
 
     def measure(self, f, g, eps: float, ids):
-        """(marginal L1 error, <C, P>, Σ P log P) of problems ``ids``, float64 NumPy arrays."""
+        """(marginal error, <C, P>, Σ P log P) of problems ``ids``, float64 NumPy arrays; records
+        the plans' masses in ``masses`` and primal objectives in ``values``. The error is
+        :func:`otsolve.problems.marginals.marginal_residual` (L1 to the weights when balanced)."""
         cp = self.cp
         ids = np.asarray(ids, dtype=np.int32)
         with self.device:
             mass = cp.zeros(self.batch.B, dtype=cp.float64)
-            merr, cost, plogp = measure_plans(self.engine, f, g, self.a, self.b, eps, cp.asarray(ids), mass)
+            vals = cp.zeros(self.batch.B, dtype=cp.float64)
+            merr, cost, plogp = measure_plans(self.engine, f, g, self.a, self.b, eps, cp.asarray(ids), mass,
+                                              self.rho_a, self.rho_b, vals)
             self.masses[ids] = mass.get()[ids]
+            self.values[ids] = vals.get()[ids]
             return merr.get()[ids], cost.get()[ids], plogp.get()[ids]
 
     def dual_values(self, f, g, eps: float, ids):
-        """Dual values ``<a, f> + <b, g> - ε Σ P`` of problems ``ids`` (float64 NumPy)."""
+        """Dual values of problems ``ids`` (float64 NumPy):
+        :func:`otsolve.problems.marginals.dual_value`, ``<a, f> + <b, g> - ε Σ P`` when balanced."""
         cp = self.cp
         ids = np.asarray(ids, dtype=np.int32)
         with self.device:
             row, _, _ = self.engine.plan_stats(f, g, eps, cp.asarray(ids))
             a64, b64 = self.a.astype(cp.float64), self.b.astype(cp.float64)
-            af = cp.where(a64 > 0, a64 * cp.where(a64 > 0, f.astype(cp.float64), 0.0), 0.0).sum(axis=1)
-            bg = cp.where(b64 > 0, b64 * cp.where(b64 > 0, g.astype(cp.float64), 0.0), 0.0).sum(axis=1)
-            return (af + bg - eps * row.sum(axis=1)).get()[ids]
+            vals = dual_value(f.astype(cp.float64), g.astype(cp.float64), a64, b64, row.sum(axis=1), eps,
+                              self.rho_a, self.rho_b)
+            return vals.get()[ids]
 
     def plan(self, p: int, f, g, eps: float, dtype):
         cp = self.cp
