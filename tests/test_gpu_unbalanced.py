@@ -263,3 +263,28 @@ def test_driver_symmetric_batch_on_gpu(rng):
         cost_fn="half_sqeuclidean"))
     assert gen.converged
     np.testing.assert_allclose(gpu.f.get(), gen.f.get(), atol=1e-7)
+
+
+@needs_core
+def test_driver_value_tol_warm_start_and_float32_on_gpu(rng):
+    n, m, eps, rho = 35, 28, 0.03, 0.3
+    x, y, a, b = _data(rng, n, m, 2, np.float64, zero_weights=False, unequal=True)
+    prob = otsolve.LinearProblem(otsolve.PointCloud(cp.asarray(x), cp.asarray(y)), cp.asarray(a), cp.asarray(b),
+                                 epsilon=eps, rho_a=rho, rho_b=rho)
+    exact = otsolve.Sinkhorn(tol=1e-12)(prob)
+    assert exact.converged
+    # stopping on the (unbalanced) dual value: the GPU kernel set's dual_values
+    loose = otsolve.Sinkhorn(value_tol=1e-7)(prob)
+    assert loose.converged and abs(loose.value - exact.value) <= 1e-6
+    warm = otsolve.Sinkhorn(tol=1e-12)(prob, init=exact)
+    assert warm.converged and warm.n_iter <= 1
+    # float32 on the GPU against the float64 CPU solve
+    x32, y32, a32, b32 = (v.astype(np.float32) for v in (x, y, a, b))
+    cpu = otsolve.Sinkhorn(tol=2e-6)(otsolve.LinearProblem(otsolve.PointCloud(x32, y32), a32, b32, epsilon=eps,
+                                                             rho_a=rho, rho_b=rho))
+    gpu = otsolve.Sinkhorn(tol=1e-5)(otsolve.LinearProblem(otsolve.PointCloud(cp.asarray(x32), cp.asarray(y32)),
+                                                           cp.asarray(a32), cp.asarray(b32), epsilon=eps,
+                                                           rho_a=rho, rho_b=rho))
+    assert gpu.converged and gpu.f.dtype == np.float32
+    np.testing.assert_allclose(gpu.plan.get(), cpu.plan, atol=3e-6)
+    assert gpu.value == pytest.approx(cpu.value, rel=1e-4)
