@@ -244,9 +244,10 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
     ``errors[p][k]`` is the L1 marginal error (rows + columns) of problem p's iterate after k
     updates: to the marginal targets of :func:`otsolve.problems.marginals.marginal_target` when
     ``rho_a`` / ``rho_b`` (KL penalty strengths of the row / column marginals) are finite, to
-    the weights when they are ``inf`` (balanced). A problem stops costing work at the first check (every ``check_every`` iterations;
-    by default after 1, 2, 4, ... iterations up to :func:`check_interval`) after its error falls to ``tol`` (its id leaves the launch list) or turns non-finite
-    (diverged). ``omega``: over-relaxation (1 plain, None adaptive per problem). ``budgets``
+    the weights when they are ``inf`` (balanced). A problem stops costing work at the first check
+    (every ``check_every`` iterations; by default after 1, 2, 4, ... iterations up to
+    :func:`check_interval`) after its error falls to ``tol`` (its id leaves the launch list) or
+    turns non-finite (diverged). ``omega``: over-relaxation (1 plain, None adaptive per problem). ``budgets``
     (aligned with ``active_ids``): each problem's own iteration budget (default ``max_iter``).
     """
     cp = engine.cp
