@@ -1,27 +1,37 @@
 """POT-shaped module: ``import otsolve.pot as ot`` and keep POT's everyday calls.
 
-``solve``, ``solve_sample``, ``emd``, ``emd2``, ``dist``, ``sinkhorn``, ``sinkhorn2`` take POT
-0.9.7's arguments in POT's order and return what POT returns (``solve`` gives POT's own
+``solve``, ``solve_sample``, ``emd``, ``emd2``, ``dist``, ``sinkhorn``, ``sinkhorn2``,
+``sinkhorn_unbalanced``, ``sinkhorn_unbalanced2`` (also as ``ot.unbalanced.*``) take POT 0.9.7's
+arguments in POT's order and return what POT returns (``solve`` gives POT's own
 ``ot.utils.OTResult``: ``value``, ``value_linear``, ``plan``, ``potentials``, ``status``, ...;
 its ``log["result"]`` holds otsolve's :class:`~otsolve.OTResult` with ``converged``,
 ``marginal_error`` and the iteration counts). Balanced problems run otsolve's solvers (log-domain
-Sinkhorn, exact OT through POT's network simplex, SNS with ``method="sns"``); what otsolve has
-no solver for (unbalanced OT, other regularizers, sliced / Gaussian / low-rank sample solvers,
-``c=``) is forwarded to POT itself, so every call still works. Arrays of any library come back
-in that library, device and dtype; torch values are differentiable. See ``docs/pot.md``.
+Sinkhorn, exact OT through POT's network simplex, SNS with ``method="sns"``), and so does
+entropic unbalanced OT with KL marginal penalties (``solve(..., reg>0, unbalanced=...)``); what
+otsolve has no solver for (other unbalanced types, unregularized unbalanced OT, other
+regularizers, sliced / Gaussian / low-rank sample solvers, ``c=`` for balanced OT, torch
+gradients of unbalanced OT) is forwarded to POT itself, so every call still works. Arrays of any
+library come back in that library, device and dtype; torch values are differentiable. See
+``docs/pot.md``.
 """
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Any
 
 import numpy as np
 
 from . import _arrays
-from .pot_compat import sinkhorn, sinkhorn2
+from .pot_compat import sinkhorn, sinkhorn2, sinkhorn_unbalanced, sinkhorn_unbalanced2
 from .problems import LinearProblem
 
-__all__ = ["solve", "solve_sample", "emd", "emd2", "dist", "sinkhorn", "sinkhorn2", "unif", "InputError"]
+__all__ = ["solve", "solve_sample", "emd", "emd2", "dist", "sinkhorn", "sinkhorn2", "sinkhorn_unbalanced",
+           "sinkhorn_unbalanced2", "unbalanced", "unif", "InputError"]
+
+#: POT's ``ot.unbalanced`` namespace (the entropic solvers: ``ot.unbalanced.sinkhorn_unbalanced(...)``)
+unbalanced = types.SimpleNamespace(sinkhorn_unbalanced=sinkhorn_unbalanced,
+                                   sinkhorn_unbalanced2=sinkhorn_unbalanced2)
 
 
 def _ot():
@@ -212,9 +222,19 @@ def solve(M, a=None, b=None, reg=None, c=None, reg_type="KL", unbalanced=None, u
     ``method`` may also be an otsolve solver for balanced entropic OT (``"sns"``); ``grad``:
     ``"autodiff"`` (default; exact gradient of the returned values through the optimality
     conditions, the limit of POT's unrolled autodiff), ``"envelope"`` (POT's envelope gradients of
-    ``value``), ``"detach"``; ``"last_step"`` is treated as ``"autodiff"``. Unbalanced OT, ``c``,
-    and other ``reg_type`` are forwarded to POT's ``ot.solve``.
+    ``value``), ``"detach"``; ``"last_step"`` is treated as ``"autodiff"``.
+
+    Entropic unbalanced OT with KL penalties (``reg > 0``, ``unbalanced`` a number or a pair,
+    ``reg_type="KL"``, ``unbalanced_type="KL"``, optional reference ``c``) runs otsolve's
+    Sinkhorn through :func:`sinkhorn_unbalanced` (POT calls its ``sinkhorn_knopp_unbalanced``
+    there): ``value`` is POT's ``total_cost``, ``value_linear`` the linear cost ``<M, P>``,
+    ``potentials`` POT's ``(log u, log v)``, ``tol`` (default 1e-9) as that function's
+    ``stopThr``. Other unbalanced types (``"L2"``, ``"TV"``), unregularized unbalanced OT,
+    ``c`` for balanced OT, other ``reg_type`` and torch inputs that require grad for unbalanced
+    OT (unless ``grad="detach"``) are forwarded to POT's ``ot.solve``.
     """
+    if _unbalanced_kl(M, a, b, reg, c, reg_type, unbalanced, unbalanced_type, method, grad):
+        return _solve_unbalanced(M, a, b, reg, c, unbalanced, potentials_init, max_iter, tol, verbose, grad)
     if (unbalanced is not None or c is not None or isinstance(reg_type, tuple)
             or str(reg_type).lower() not in ("kl", "entropy")):
         return _pot_solver("solve")(M, a, b, reg=reg, c=c, reg_type=reg_type, unbalanced=unbalanced,
@@ -266,6 +286,38 @@ def solve(M, a=None, b=None, reg=None, c=None, reg_type="KL", unbalanced=None, u
         value = _attach(value, [(M0, plan), (a0, reg * (lu - lu.mean())), (b0, reg * (lv - lv.mean()))])
     return ot.utils.OTResult(potentials=potentials, value=value, value_linear=value_linear, plan=plan,
                              status="Converged" if _converged(lg) else "Not converged", backend=nx, log=lg)
+
+
+def _unbalanced_kl(M, a, b, reg, c, reg_type, unbalanced, unbalanced_type, method, grad) -> bool:
+    """Whether ``solve``'s arguments are entropic KL-unbalanced OT that otsolve's Sinkhorn solves."""
+    if unbalanced is None or reg is None or isinstance(reg_type, tuple) or str(reg_type).lower() != "kl":
+        return False
+    if not isinstance(unbalanced_type, str) or unbalanced_type.lower() != "kl":
+        return False
+    if method is not None and str(method).lower() not in ("sinkhorn", "sinkhorn_log"):
+        return False
+    try:
+        if not float(_arrays.to_numpy(reg)) > 0:
+            return False
+    except (TypeError, ValueError):
+        return False
+    return grad == "detach" or not _arrays.requires_grad(M, a, b, c)
+
+
+def _solve_unbalanced(M, a, b, reg, c, unbalanced, potentials_init, max_iter, tol, verbose, grad):
+    """POT's entropic KL-unbalanced branch of ``ot.solve`` by :func:`sinkhorn_unbalanced`."""
+    ot = _ot()
+    nx = ot.backend.get_backend(*(x for x in (M, a, b, c) if x is not None))
+    if grad == "detach":
+        M, a, b = (None if x is None else nx.detach(x) for x in (M, a, b))
+        c = None if c is None else nx.detach(c)
+    reg_f = float(_arrays.to_numpy(reg))
+    plan, lg = sinkhorn_unbalanced(a, b, M, reg_f, unbalanced, reg_type="kl", c=c, warmstart=potentials_init,
+                                   numItermax=1000 if max_iter is None else max_iter,
+                                   stopThr=1e-9 if tol is None else tol, verbose=verbose, log=True)
+    return ot.utils.OTResult(potentials=(lg["logu"], lg["logv"]), value=lg["total_cost"], value_linear=lg["cost"],
+                             plan=plan, status="Converged" if _converged(lg) else "Not converged", backend=nx,
+                             log=lg)
 
 
 def _converged(lg) -> bool:

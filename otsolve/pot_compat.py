@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from . import _arrays
-from .problems import LinearProblem
+from ._validation import check_epsilon, check_finite, check_weights
+from .problems import BatchedLinearProblem, LinearProblem
 from .solvers.sinkhorn import Sinkhorn
 
-__all__ = ["sinkhorn", "sinkhorn2", "SINKHORN_METHODS", "SINKHORN2_METHODS", "reachable_stopthr"]
+__all__ = ["sinkhorn", "sinkhorn2", "sinkhorn_unbalanced", "sinkhorn_unbalanced2", "SINKHORN_METHODS",
+           "SINKHORN2_METHODS", "UNBALANCED_METHODS", "reachable_stopthr"]
 
 #: the ``method`` values of POT 0.9.7's ``ot.sinkhorn`` and ``ot.sinkhorn2``
 SINKHORN_METHODS = ("sinkhorn", "sinkhorn_log", "greenkhorn", "sinkhorn_stabilized", "sinkhorn_epsilon_scaling")
@@ -407,3 +409,448 @@ def sinkhorn2(a, b, M, reg: float, method: str = "sinkhorn", numItermax: int = 1
     p, outs = _run(a, b, M, reg, method, numItermax, stopThr, verbose, warn, warmstart, kwargs, SINKHORN2_METHODS)
     out = _costs(p, outs)
     return (out, _log(p, outs)) if log else out
+
+
+# ----------------------------------------------------------------------------------------------
+# Unbalanced OT: POT 0.9.7's ot.unbalanced.sinkhorn_unbalanced / sinkhorn_unbalanced2
+# ----------------------------------------------------------------------------------------------
+#: the ``method`` values of POT 0.9.7's ``ot.unbalanced.sinkhorn_unbalanced`` (all run the same driver)
+UNBALANCED_METHODS = ("sinkhorn", "sinkhorn_stabilized", "sinkhorn_translation_invariant", "sinkhorn_reg_scaling")
+UNBALANCED_NOT_CONVERGED = ("Unbalanced Sinkhorn did not converge: marginal L1 residual {err:.3g} > tol {tol:.3g} "
+                            "after {n_iter} iterations. You might want to increase `numItermax`, the entropic "
+                            "regularization `reg`, or lower `reg_m`.")
+_LOG_1E300 = float(np.log(1e-300))  # POT's logu = log(u + 1e-300)
+
+
+def _reg_m_pair(reg_m: Any) -> tuple[float, float]:
+    """POT's ``reg_m`` (a number, or an indexable of length 1 or 2, possibly a backend array) as
+    ``(rho_a, rho_b)``; each > 0 (``inf`` = hard marginal constraint)."""
+    if _arrays.requires_grad(reg_m):
+        raise ValueError("reg_m requires grad; no gradient is taken with respect to reg_m: pass a float")
+    if isinstance(reg_m, (list, tuple)):
+        vals = list(reg_m)
+    elif isinstance(reg_m, Real):
+        vals = [reg_m]
+    else:
+        try:
+            arr = np.asarray(_arrays.to_numpy(reg_m), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"reg_m must be a number or a pair of numbers, got {reg_m!r}") from None
+        if arr.ndim > 1:
+            raise ValueError(f"reg_m must be a number or a pair of numbers, got shape {tuple(arr.shape)}")
+        vals = [float(x) for x in arr.reshape(-1)]
+    if len(vals) not in (1, 2):
+        raise ValueError(f"reg_m must be a scalar or an indexable object of length 1 or 2, got length {len(vals)}")
+    out = []
+    for v in vals:
+        try:
+            r = float(np.asarray(_arrays.to_numpy(v), dtype=np.float64)) if not isinstance(v, Real) else float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"reg_m entries must be numbers, got {v!r}") from None
+        if not r > 0:  # also NaN
+            raise ValueError(f"reg_m must be > 0 (the strength of the KL marginal penalty; float('inf') for a hard "
+                             f"marginal constraint), got {reg_m!r}")
+        out.append(r)
+    return (out[0], out[0]) if len(out) == 1 else (out[0], out[1])
+
+
+class _UnbalancedInputs:
+    """One ``sinkhorn_unbalanced`` call in core arrays (NumPy / CuPy), mapped onto otsolve's problem.
+
+    otsolve solves ``<C, P> + reg KL(P | a⊗b) + rho_a KL(P1 | a) + rho_b KL(Pᵀ1 | b)``. POT's other
+    references ``r`` (``reg_type="entropy"``: r = 1; a custom ``c``) change the objective by
+    ``reg <P, log(a⊗b / r)>`` up to a constant, so they are the same problem on the cost
+    ``C = M + reg log(a_i b_j / r_ij)``; the plan is unchanged, the linear cost is ``<M, P>``.
+    """
+
+    def __init__(self, a, b, M, reg, reg_m, method, reg_type, c, warmstart, numItermax, stopThr, kwargs):
+        if not isinstance(method, str) or method.lower() not in UNBALANCED_METHODS:
+            raise ValueError(f"Unknown method '{method}'. Known methods: {', '.join(UNBALANCED_METHODS)}.")
+        self.method = method.lower()
+        if self.method == "sinkhorn_reg_scaling":  # POT: the same warning, then classic Sinkhorn
+            warnings.warn("Method not implemented yet (as in POT): method='sinkhorn_reg_scaling' runs the "
+                          "log-domain Sinkhorn; pass epsilon_scaling=True for ε-scaling", UserWarning, stacklevel=4)
+        if not isinstance(reg_type, str) or reg_type.lower() not in ("kl", "entropy"):
+            raise ValueError(f"reg_type must be 'kl' (KL(P | a b^T), the default) or 'entropy' (KL(P | 1)), "
+                             f"got {reg_type!r}")
+        self.reg_type = reg_type.lower()
+        self.info = _arrays.array_info(*(x for x in (M, a, b, c) if not _arrays.is_empty(x)))
+        if _arrays.requires_grad(a, b, M, c):
+            raise NotImplementedError(
+                "gradients through unbalanced Sinkhorn are not supported by otsolve yet: pass detached "
+                "tensors (x.detach()), or use POT's ot.unbalanced.sinkhorn_unbalanced for autodiff")
+        Mc = _arrays.to_core(M)
+        if Mc.ndim != 2:
+            raise ValueError(f"M must be a 2-D cost matrix of shape (len(a), len(b)), got shape {tuple(Mc.shape)}")
+        if Mc.dtype.kind in "biu":
+            Mc = Mc.astype(np.float64)
+        n, m = Mc.shape
+        if n == 0 or m == 0:
+            raise ValueError(f"M is empty (shape {tuple(Mc.shape)})")
+        check_finite(Mc, "M")
+        xp = np if isinstance(Mc, np.ndarray) else _arrays._cupy()
+        self.xp, self.M, self.dtype = xp, Mc, np.dtype(str(Mc.dtype))
+        dt = Mc.dtype
+        self.a = (xp.full(n, 1.0 / n, dtype=dt) if _arrays.is_empty(a)
+                  else check_weights(xp.asarray(_arrays.to_core(a)).astype(dt, copy=False), n, "a"))
+        if _arrays.is_empty(b):
+            bc = xp.full(m, 1.0 / m, dtype=dt)
+        else:
+            bc = xp.asarray(_arrays.to_core(b)).astype(dt, copy=False)
+            if bc.ndim not in (1, 2) or bc.shape[0] != m:
+                raise ValueError(f"b must have shape ({m},) or ({m}, n_hists) to match M {(n, m)}, "
+                                 f"got {tuple(bc.shape)}")
+            for k in range(bc.shape[1] if bc.ndim == 2 else 1):
+                check_weights(bc[:, k] if bc.ndim == 2 else bc, m, "b" if bc.ndim == 1 else f"b[:, {k}]")
+        self.b = bc
+        self.n_hists = int(bc.shape[1]) if bc.ndim == 2 else 0
+        self.reg = check_epsilon(reg.item() if hasattr(reg, "item") else reg, "reg")
+        self.rho_a, self.rho_b = _reg_m_pair(reg_m)
+        self.c = self._reference(c)
+        self.costs = self._costs()
+        max_iter = numItermax
+        if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+            raise ValueError(f"numItermax must be an integer >= 0, got {numItermax!r}")
+        self.max_iter = int(max_iter)
+        mass_a = float(_arrays.to_numpy(self.a.sum()))
+        mass_b = np.atleast_1d(_arrays.to_numpy(bc.sum(axis=0))).astype(np.float64)
+        self.tol = self._tol(stopThr, mass_a, mass_b)
+        self.opts = {k: v for k, v in kwargs.items() if k in _SINKHORN_OPTIONS}
+        self.warn = bool(kwargs.get("warn", True))
+        self.inits = self._warmstart(warmstart)
+
+    # the reference measure of the entropic term ------------------------------------------------
+    def _reference(self, c):
+        """None for ``a⊗b`` (otsolve's own reference), else the (n, m) reference ``r``."""
+        xp, (n, m) = self.xp, self.M.shape
+        if self.n_hists:
+            # POT uses K = exp(-M / reg), i.e. the reference 1, whatever reg_type and c are
+            if self.reg_type == "kl":
+                warnings.warn("several histograms b: the entropic term is reg * KL(P | 1) (reg_type='entropy'), as "
+                              "in POT, whose multi-histogram solver implements only that", UserWarning, stacklevel=4)
+            if c is not None:
+                warnings.warn("c is ignored with several histograms b (as in POT)", UserWarning, stacklevel=4)
+            return "ones"
+        if self.reg_type == "entropy":
+            if c is not None:
+                warnings.warn("reg_type='entropy': c is replaced by the matrix of ones (as in POT)", UserWarning,
+                              stacklevel=4)
+            return "ones"
+        if c is None:
+            return None
+        cc = xp.asarray(_arrays.to_core(c)).astype(self.M.dtype, copy=False)
+        if cc.shape != (n, m):
+            raise ValueError(f"c must have the shape of M {(n, m)}, got {tuple(cc.shape)}")
+        check_finite(cc, "c")
+        if bool(xp.any(cc < 0)):
+            raise ValueError("c (the reference measure) has negative entries")
+        ab = self.a[:, None] * self.b[None, :]
+        if bool(xp.any((cc <= 0) & (ab > 0))):
+            raise ValueError("c (the reference measure) must be > 0 wherever a_i b_j > 0: a zero entry forbids "
+                             "transport there (infinite cost), which otsolve does not represent")
+        return cc
+
+    def _costs(self):
+        """The cost(s) of otsolve's problem: M itself for the reference a⊗b, else
+        ``M + reg (log a_i + log b_j - log r_ij)`` (one (n, m) cost per histogram)."""
+        if self.c is None:
+            return [self.M]
+        xp = self.xp
+        la = xp.log(xp.where(self.a > 0, self.a, 1.0))
+        cols = [self.b[:, k] for k in range(self.n_hists)] if self.n_hists else [self.b]
+        out = []
+        for bk in cols:
+            lb = xp.log(xp.where(bk > 0, bk, 1.0))
+            shift = la[:, None] + lb[None, :]
+            if not isinstance(self.c, str):
+                ab = (self.a[:, None] > 0) & (bk[None, :] > 0)
+                shift = shift - xp.where(ab, xp.log(xp.where(ab, self.c, 1.0)), 0.0)
+            out.append(self.M + self.M.dtype.type(self.reg) * shift.astype(self.M.dtype, copy=False))
+        return out
+
+    def _tol(self, stopThr, mass_a: float, mass_b) -> float:
+        """POT's stopThr (relative change of the scalings) as otsolve's tol (L1 residual of the
+        marginals to their targets): ``stopThr`` times the mean mass ``(|a| + |b|) / 2``."""
+        try:
+            t = float(stopThr)
+        except (TypeError, ValueError):
+            raise ValueError(f"stopThr must be a number >= 0, got {stopThr!r}") from None
+        if not t >= 0 or not np.isfinite(t):
+            raise ValueError(f"stopThr must be a finite number >= 0, got {stopThr!r}")
+        scale = 0.5 * (mass_a + float(mass_b.max()))
+        floor = reachable_stopthr(self.dtype, max(mass_a, float(mass_b.max())))
+        tol = t * scale
+        if t == 0:
+            return floor
+        if tol < floor:
+            warnings.warn(f"stopThr={t:g} is below what {self.dtype.name} arithmetic can reach (marginal residual "
+                          f"~{floor:.2g}); using that level instead", UserWarning, stacklevel=4)
+            return floor
+        return tol
+
+    def _warmstart(self, warmstart):
+        """POT's warm start ``(log u, log v)`` (P = u_i r_ij exp(-M_ij / reg) v_j) as otsolve's
+        potentials: ``f = reg (log u + log a + 1/2)``, ``g = reg (log v + log b + 1/2)``."""
+        k = max(self.n_hists, 1)
+        if warmstart is None:
+            return None
+        try:
+            u, v = warmstart
+        except (TypeError, ValueError):
+            raise ValueError("warmstart must be a pair (log u, log v) of arrays (POT's dual potentials)") from None
+        u = np.asarray(_arrays.to_numpy(u), dtype=np.float64)
+        v = np.asarray(_arrays.to_numpy(v), dtype=np.float64)
+        n, m = self.M.shape
+        if u.shape[0] != n or v.shape[0] != m or u.ndim > 2 or v.ndim > 2:
+            raise ValueError(f"warmstart (log u, log v) must have lengths ({n}, {m}), got shapes "
+                             f"{tuple(u.shape)}, {tuple(v.shape)}")
+        if not (np.isfinite(u).all() and np.isfinite(v).all()):
+            raise ValueError("warmstart (log u, log v) has non-finite entries")
+        a = _arrays.to_numpy(self.a).astype(np.float64)
+        b = _arrays.to_numpy(self.b).astype(np.float64)
+        fs, gs = [], []
+        with np.errstate(divide="ignore"):
+            for i in range(k):
+                ui = u[:, i] if u.ndim == 2 else u
+                vi = v[:, i] if v.ndim == 2 else v
+                bi = b[:, i] if self.n_hists else b
+                fs.append(np.where(a > 0, self.reg * (ui + np.log(np.where(a > 0, a, 1.0)) + 0.5), -np.inf))
+                gs.append(np.where(bi > 0, self.reg * (vi + np.log(np.where(bi > 0, bi, 1.0)) + 0.5), -np.inf))
+        if self.n_hists:
+            return np.stack(fs), np.stack(gs)
+        return fs[0], gs[0]
+
+    # solve --------------------------------------------------------------------------------------
+    def problem(self):
+        rho = dict(rho_a=self.rho_a, rho_b=self.rho_b)
+        if not self.n_hists:
+            return LinearProblem(self.costs[0], self.a, self.b, epsilon=self.reg, **rho)
+        xp = self.xp
+        cost = xp.stack(self.costs) if len(self.costs) > 1 else xp.broadcast_to(
+            self.M, (self.n_hists,) + self.M.shape)
+        return BatchedLinearProblem(cost=cost, a=self.a, b=xp.ascontiguousarray(self.b.T), epsilon=self.reg, **rho)
+
+    def solve(self):
+        solver = Sinkhorn(tol=self.tol, max_iter=self.max_iter, warn=False, **self.opts)
+        return solver(self.problem(), init=self.inits)
+
+
+def _kl_pot(xp, p, q):
+    """POT's ``nx.kl_div(p, q)`` = Σ p log(p/q + 1e-16) (no mass terms), with 0 log 0 = 0 (POT: NaN)."""
+    pos = p > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = p * xp.log(xp.where(pos, p, 1.0) / xp.where(pos, q, 1.0) + 1e-16)
+    return xp.where(pos, t, 0.0).sum()
+
+
+class _UnbalancedOutcome:
+    """Plan(s), POT's costs and log of a solved :class:`_UnbalancedInputs`."""
+
+    def __init__(self, p: _UnbalancedInputs, res):
+        self.p, self.res = p, res
+        xp, multi = p.xp, bool(p.n_hists)
+        self.plans = res.plan  # (n, m) or (K, n, m), core arrays
+        if multi:
+            self.converged = np.asarray(res.converged_each, dtype=bool)
+            self.n_iters = np.asarray(res.n_iter_each)
+            self.errors = np.asarray(res.marginal_errors, dtype=float)
+            self.linear = xp.einsum("ij,kij->k", p.M, self.plans)
+        else:
+            self.converged = np.array([res.converged])
+            self.n_iters = np.array([res.n_iter])
+            self.errors = np.array([res.marginal_error])
+            self.linear = (p.M * self.plans).sum()
+        self.diverged = np.atleast_1d(np.asarray(getattr(res, "status_each", res.status)) == "diverged")
+
+    def total(self):
+        """POT's ``total_cost``: <M, P> + reg kl(P, r) + reg_m1 kl(P1, a) + reg_m2 kl(Pᵀ1, b)
+        (``kl`` without mass terms, as POT computes it), one per histogram."""
+        p, xp = self.p, self.p.xp
+        plans = self.plans if p.n_hists else self.plans[None]
+        cols = [p.b[:, k] for k in range(p.n_hists)] if p.n_hists else [p.b]
+        out = []
+        for k, (P, bk) in enumerate(zip(plans, cols)):
+            r = (p.a[:, None] * bk[None, :] if p.c is None else xp.ones_like(P) if isinstance(p.c, str) else p.c)
+            t = (p.M * P).sum() + p.reg * _kl_pot(xp, P, r)
+            if np.isfinite(p.rho_a):
+                t = t + p.rho_a * _kl_pot(xp, P.sum(1), p.a)
+            if np.isfinite(p.rho_b):
+                t = t + p.rho_b * _kl_pot(xp, P.sum(0), bk)
+            out.append(t)
+        return xp.stack(out) if p.n_hists else out[0]
+
+    def report(self, verbose: bool) -> None:
+        p = self.p
+        if verbose:
+            print("{:5s}|{:12s}".format("It.", "Err") + "\n" + "-" * 19)
+            hist = list(self.res.errors)
+            for i, e in enumerate(hist):
+                if i % 10 == 0 or i == len(hist) - 1:
+                    print("{:5d}|{:8e}|".format(i, e))
+        if self.diverged.any():
+            warnings.warn(f"Numerical errors at iteration {int(self.n_iters.max())}", UserWarning, stacklevel=4)
+        elif not self.converged.all() and p.warn:
+            bad = ~self.converged
+            warnings.warn(UNBALANCED_NOT_CONVERGED.format(err=float(np.nanmax(self.errors[bad])), tol=p.tol,
+                                                          n_iter=int(self.n_iters[bad].max())),
+                          UserWarning, stacklevel=4)
+
+    def value(self, x):
+        """A cost (0-d, or (K,)) in the caller's library: a NumPy scalar for NumPy input, as POT."""
+        p = self.p
+        if p.info.library == "numpy" and not p.n_hists:
+            return p.dtype.type(_arrays.to_numpy(x))
+        return _arrays.from_core(x, p.info)
+
+    def log(self) -> dict:
+        """POT's log: ``err``, ``logu``, ``logv`` (+ ``cost``, ``total_cost`` for one histogram) and
+        otsolve's ``result`` (the OTResult)."""
+        p, res = self.p, self.res
+        multi = bool(p.n_hists)
+        f = np.asarray(_arrays.to_numpy(res.f), dtype=np.float64)
+        g = np.asarray(_arrays.to_numpy(res.g), dtype=np.float64)
+        a = _arrays.to_numpy(p.a).astype(np.float64)
+        b = _arrays.to_numpy(p.b).astype(np.float64)
+        b = b.T if multi else b
+        fs, gs = (f, g) if multi else (f[None], g[None])
+        bs = b if multi else b[None]
+        lus, lvs = [], []
+        for fk, gk, bk in zip(fs, gs, bs):
+            if np.isinf(p.rho_a) and np.isinf(p.rho_b):
+                fk, gk = _balanced_gauge(fk, gk)  # only log u ⊕ log v is determined
+            with np.errstate(divide="ignore", invalid="ignore"):
+                xu = np.where(a > 0, fk / p.reg - np.log(np.where(a > 0, a, 1.0)) - 0.5, -np.inf)
+                xv = np.where(bk > 0, gk / p.reg - np.log(np.where(bk > 0, bk, 1.0)) - 0.5, -np.inf)
+            lus.append(np.logaddexp(xu, _LOG_1E300))
+            lvs.append(np.logaddexp(xv, _LOG_1E300))
+        logu = np.stack(lus, 1) if multi else lus[0]
+        logv = np.stack(lvs, 1) if multi else lvs[0]
+        back = lambda x: _arrays.from_core(x, p.info)  # noqa: E731
+        log: dict[str, Any] = {"err": [float(e) for e in res.errors], "logu": back(logu), "logv": back(logv)}
+        if not multi:
+            log["cost"] = self.value(self.linear)
+            log["total_cost"] = self.value(self.total())
+        log["result"] = res
+        return log
+
+
+def _unbalanced(a, b, M, reg, reg_m, method, reg_type, c, warmstart, numItermax, stopThr, verbose, kwargs):
+    p = _UnbalancedInputs(a, b, M, reg, reg_m, method, reg_type, c, warmstart, numItermax, stopThr, kwargs)
+    out = _UnbalancedOutcome(p, p.solve())
+    out.report(verbose)
+    return p, out
+
+
+def sinkhorn_unbalanced(a, b, M, reg: float, reg_m: Any, method: str = "sinkhorn", reg_type: str = "kl", c: Any = None,
+                        warmstart: Any = None, numItermax: int = 1000, stopThr: float = 1e-6, verbose: bool = False,
+                        log: bool = False, **kwargs: Any):
+    r"""Unbalanced entropic OT plan with POT 0.9.7's ``ot.unbalanced.sinkhorn_unbalanced`` signature.
+
+    Solves (Chizat et al. 2018; Frogner et al. 2015)
+
+    .. math::
+        \min_{P \ge 0} \langle M, P\rangle + \mathrm{reg}\,\mathrm{KL}(P | c)
+        + \mathrm{reg_{m1}} \mathrm{KL}(P 1 | a) + \mathrm{reg_{m2}} \mathrm{KL}(P^T 1 | b)
+
+    by otsolve's log-domain Sinkhorn driver (:class:`otsolve.Sinkhorn` on a
+    :class:`otsolve.LinearProblem` with ``rho_a = reg_m1``, ``rho_b = reg_m2``); the updates are
+    the balanced ones damped by ``reg_m / (reg_m + reg)``, so no variant overflows.
+
+    Parameters
+    ----------
+    a : array (n,) or []
+        Source weights, any nonnegative masses ([] or None: uniform ``1/n``).
+    b : array (m,), (m, k) or []
+        Target weights ([]: uniform); with k columns, k problems are solved (one batch) and their
+        linear costs ``<M, P_k>`` returned, as POT does. POT's multi-histogram solver uses the
+        reference ``c = 1`` (``reg_type="entropy"``) whatever ``reg_type`` and ``c`` are; so
+        does this function (with a UserWarning when ``reg_type="kl"`` or ``c`` is given).
+    M : array (n, m)
+        Cost matrix (NumPy, CuPy, PyTorch or JAX; outputs have its library, device and dtype).
+    reg : float
+        Entropic weight ε > 0.
+    reg_m : float or pair
+        Marginal relaxation ``(reg_m1, reg_m2)`` > 0; a scalar (or length-1 object) for both
+        sides; ``float("inf")`` makes that marginal a hard constraint (semi-relaxed OT; both inf
+        is balanced entropic OT, which needs equal masses).
+    method : {"sinkhorn", "sinkhorn_stabilized", "sinkhorn_translation_invariant", "sinkhorn_reg_scaling"}
+        Accepted for compatibility: all run the same log-domain iterations (same fixed point).
+        "sinkhorn_reg_scaling" warns "not implemented", as POT does (pass ``epsilon_scaling=True``
+        for ε-scaling).
+    reg_type : {"kl", "entropy"}
+        Reference of the entropic term: ``c = a b^T`` ("kl", default) or ``c = 1`` ("entropy").
+        Both, and a custom ``c``, are the same problem as otsolve's on the cost
+        ``M + reg log(a_i b_j / c_ij)``, which is what is solved (the plan and the returned costs
+        are those of the problem above).
+    c : array (n, m), optional
+        Custom reference measure (reg_type="kl" only); must be > 0 wherever ``a_i b_j > 0``.
+    warmstart : (array, array), optional
+        POT's ``(log u, log v)`` (the plan is ``u_i c_ij exp(-M_ij / reg) v_j``), e.g.
+        ``(log["logu"], log["logv"])``.
+    numItermax : int
+        Iteration budget (one iteration updates both potentials).
+    stopThr : float
+        Stopping tolerance, **not on the same quantity as POT's**: POT stops when the relative change
+        of the scalings ``u``, ``v`` falls below ``stopThr``; otsolve stops when the L1 distance of
+        the plan's marginals to their optimality targets ``a exp(-φ/reg_m1)``, ``b exp(-ψ/reg_m2)``
+        (zero exactly at the solution; ``a``, ``b`` on a hard side) is at most
+        ``stopThr * (|a| + |b|) / 2`` (a relative residual; for unit masses, ``stopThr``), measured on
+        the returned plan. A value below what the dtype can reach is raised to that level (with a
+        UserWarning); ``0`` means that level.
+    verbose : bool
+        Print the residual table.
+    log : bool
+        Also return POT's log dict: ``err`` (residual per iteration), ``logu``, ``logv`` (POT's
+        ``log(u + 1e-300)``), and for one histogram ``cost`` (``<M, P>``) and ``total_cost``
+        (POT's formula, see :func:`sinkhorn_unbalanced2`); plus otsolve's ``result`` (OTResult
+        with ``converged``, ``marginal_error``, ``n_iter``, ``value``).
+    **kwargs
+        :class:`otsolve.Sinkhorn` options (``omega``, ``epsilon_scaling``, ``compiled``,
+        ``n_threads``, ...) and ``warn`` (default True: UserWarning when ``stopThr`` is not
+        reached; POT's classic method says nothing). Other keywords (POT's ``tau``) are ignored.
+
+    Returns
+    -------
+    P : array (n, m), or the linear costs (k,) when ``b`` has k columns
+    log : dict, only when ``log=True``
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method`` / ``reg_type``; ``reg <= 0``; ``reg_m <= 0`` or NaN; NaN / inf in ``M``,
+        ``a``, ``b``, ``c``; negative weights; both ``reg_m`` infinite with unequal masses.
+    NotImplementedError
+        Torch tensors that require grad (no gradients yet: pass detached tensors).
+
+    References
+    ----------
+    L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for unbalanced optimal
+    transport problems", Math. Comp. 87 (2018). C. Frogner, C. Zhang, H. Mobahi, M. Araya-Polo,
+    T. Poggio, "Learning with a Wasserstein loss", NeurIPS 2015. T. Séjourné, J. Feydy,
+    F.-X. Vialard, A. Trouvé, G. Peyré, "Sinkhorn divergences for unbalanced optimal transport",
+    arXiv:1910.12958 (2019).
+    """
+    p, out = _unbalanced(a, b, M, reg, reg_m, method, reg_type, c, warmstart, numItermax, stopThr, verbose, kwargs)
+    ret = _arrays.from_core(out.linear, p.info) if p.n_hists else _arrays.from_core(out.plans, p.info)
+    return (ret, out.log()) if log else ret
+
+
+def sinkhorn_unbalanced2(a, b, M, reg: float, reg_m: Any, method: str = "sinkhorn", reg_type: str = "kl",
+                         c: Any = None, warmstart: Any = None, returnCost: str = "linear", numItermax: int = 1000,
+                         stopThr: float = 1e-6, verbose: bool = False, log: bool = False, **kwargs: Any):
+    r"""Unbalanced entropic OT loss with POT 0.9.7's ``ot.unbalanced.sinkhorn_unbalanced2`` signature.
+
+    Same problem and parameters as :func:`sinkhorn_unbalanced`. ``returnCost="linear"`` (default)
+    returns ``<M, P>``; ``"total"`` returns POT's ``total_cost``
+    ``<M, P> + reg kl(P, c) + reg_m1 kl(P1, a) + reg_m2 kl(Pᵀ1, b)`` with POT's
+    ``kl(p, q) = Σ p log(p/q + 1e-16)`` (no ``- p + q`` mass terms, so this is the objective up to
+    those terms; otsolve's own objective is ``log["result"].value``; entries with ``p = 0`` count
+    0 where POT's formula gives NaN). Returns a 0-d value (a NumPy scalar for NumPy input), or
+    ``k`` values for ``b`` of shape (m, k) (there POT ignores ``returnCost`` and returns the linear
+    costs; otsolve honours ``"total"``). ``log=True`` adds the log of :func:`sinkhorn_unbalanced`.
+    """
+    if returnCost not in ("linear", "total"):
+        raise ValueError(f"Unknown returnCost = {returnCost}; use 'linear' or 'total'")
+    p, out = _unbalanced(a, b, M, reg, reg_m, method, reg_type, c, warmstart, numItermax, stopThr, verbose, kwargs)
+    cost = out.value(out.linear if returnCost == "linear" else out.total())
+    return (cost, out.log()) if log else cost
