@@ -11,6 +11,7 @@
 
 #include "sinkhorn_kernels.hpp"
 #include "sinkhorn_scaling.hpp"
+#include "symmetric_kernels.hpp"
 
 namespace nb = nanobind;
 using namespace otsolve;
@@ -164,6 +165,27 @@ static void bind_dtype(nb::module_& m) {
       },
       nb::arg("C"), nb::arg("log_a"), nb::arg("f"), nb::arg("eps"), nb::arg("max_iter"), nb::arg("tol"),
       nb::arg("n_threads") = 0, nb::arg("rho") = kInf);
+  m.def(
+      "symmetric_scaling_dense",
+      [](Mat<T> C, CVec log_a, Vec f, double eps, long max_iter, double tol, int n_threads,
+         nb::ndarray<T, nb::ndim<2>, nb::c_contig, nb::device::cpu> K, double tau) {
+        const long n = static_cast<long>(C.shape(0));
+        if (static_cast<long>(C.shape(1)) != n) throw std::invalid_argument("the symmetric solve needs a square cost");
+        check_len("log_a", log_a.shape(0), n);
+        check_len("f", f.shape(0), n);
+        if (static_cast<long>(K.shape(0)) != n || static_cast<long>(K.shape(1)) != n)
+          throw std::invalid_argument("workspace K must have the shape of C");
+        SweepStats st;
+        {
+          nb::gil_scoped_release release;
+          st = symmetric_scaling_dense(C.data(), n, log_a.data(), f.data(), eps, max_iter, tol, n_threads,
+                                       K.data(), tau);
+        }
+        raise_if_interrupted(st.status);
+        return std::make_tuple(st.n_iter, st.status, st.errors);
+      },
+      nb::arg("C"), nb::arg("log_a"), nb::arg("f"), nb::arg("eps"), nb::arg("max_iter"), nb::arg("tol"),
+      nb::arg("n_threads"), nb::arg("K"), nb::arg("tau") = 50.0);
   m.def(
       "symmetric_pointcloud",
       [](Mat<T> X, Mat<T> YT, int kind, double scale, CVec log_a, Vec f, double eps, long max_iter,

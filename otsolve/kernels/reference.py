@@ -23,6 +23,7 @@ __all__ = [
     "sinkhorn_scaling_dense",
     "symmetric_dense",
     "symmetric_pointcloud",
+    "symmetric_scaling_dense",
     "Relaxation",
     "plan_stats_dense",
     "plan_stats_pointcloud",
@@ -207,6 +208,14 @@ def symmetric_dense(C, log_a, f, eps, max_iter, tol, n_threads=0, rho=np.inf):
 
 def symmetric_pointcloud(X, YT, kind, scale, log_a, f, eps, max_iter, tol, n_threads=0, rho=np.inf):
     return symmetric_dense(pointcloud_cost(X, YT, kind, scale), log_a, f, eps, max_iter, tol, n_threads, rho)
+
+
+def symmetric_scaling_dense(C, log_a, f, eps, max_iter, tol, n_threads, K, tau=50.0):
+    """Reference of the stored-kernel symmetric kernel (csrc/symmetric_kernels.hpp): the same
+    iterates as :func:`symmetric_dense` (balanced), which the compiled kernel stores as
+    ``f = f0 + eps log u`` with ``K = exp((f0 ⊕ f0 - C)/eps - 1)`` and updates without exp
+    (``u <- sqrt(u a / (K u))``). ``K`` is the workspace (unused here)."""
+    return symmetric_dense(C, log_a, f, eps, max_iter, tol, n_threads)
 
 
 def plan_stats_dense(C, f, g, eps, row, col, n_threads=0):
