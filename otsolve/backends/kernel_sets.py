@@ -16,9 +16,15 @@ the settling pass and the result. It sees a batch of B same-size problems (B = 1
     updates ``f <- (f + T(f)) / 2`` of the one potential (g = f); same returns as ``iterate``;
 ``measure(f, g, eps, ids)``
     exact (marginal L1 error, <C, P>, Σ P log P) of the plans of (f, g), float64 NumPy arrays;
-    also records each measured plan's mass Σ P in ``masses`` (B,);
+    also records each measured plan's mass Σ P in ``masses`` (B,) and its objective in
+    ``values`` (B,) (:func:`otsolve.problems.marginals.primal_value`);
 ``dual_values(f, g, eps, ids)``
-    dual values ``<a, f> + <b, g> - ε Σ P`` (float64 NumPy), for stopping on the value;
+    dual values (:func:`otsolve.problems.marginals.dual_value`; balanced:
+    ``<a, f> + <b, g> - ε Σ P``), float64 NumPy, for stopping on the value;
+
+Unbalanced batches (``batch.rho_a`` / ``batch.rho_b`` finite) use the same calls: the kernels
+damp their updates and measure the error to the marginal targets
+(:mod:`otsolve.problems.marginals`).
 ``plan(p, f, g, eps)``
     the dense plan of problem p.
 
@@ -34,6 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..kernels import get_sinkhorn_kernels
+from ..problems.marginals import dual_value, marginal_residual, primal_value
 
 __all__ = ["ProblemBatch", "HostKernels", "make_sinkhorn_kernels"]
 
@@ -53,6 +60,12 @@ class ProblemBatch:
     xp: Any
     stacked: tuple | None = None  # ("dense", C (B,n,m)) or ("pointcloud", X, Y, kind, scale)
     symmetric: bool = False  # OT(a, a) on a symmetric cost: one potential, f = g
+    rho_a: float = float("inf")  # KL relaxation of the row marginal (inf = hard constraint)
+    rho_b: float = float("inf")
+
+    @property
+    def balanced(self) -> bool:
+        return self.rho_a == float("inf") and self.rho_b == float("inf")
 
     @classmethod
     def of(cls, problem) -> "ProblemBatch":
@@ -63,10 +76,12 @@ class ProblemBatch:
             else:
                 stacked = ("pointcloud", problem.x, problem.y, problem.kind, problem.kernel_scale)
             return cls(problem.geometry, problem.a, problem.b, problem.B, problem.n, problem.m,
-                       problem.dtype, problem.xp, stacked, bool(getattr(problem, "symmetric", False)))
+                       problem.dtype, problem.xp, stacked, bool(getattr(problem, "symmetric", False)),
+                       problem.rho_a, problem.rho_b)
         geom = problem.geom
         n, m = geom.shape
-        return cls(lambda p: geom, problem.a[None], problem.b[None], 1, n, m, problem.dtype, geom.xp)
+        return cls(lambda p: geom, problem.a[None], problem.b[None], 1, n, m, problem.dtype, geom.xp,
+                   rho_a=problem.rho_a, rho_b=problem.rho_b)
 
     def cost_range(self) -> float:
         """Largest cost range over the problems (start of ε-scaling)."""
@@ -102,11 +117,15 @@ class HostKernels:
         nm_bytes = batch.n * batch.m * itemsize
         # point clouds: materialise the costs that fit (cost + kernel: 2 n m entries each)
         self._materialise = mode == "scaling" or (mode == "auto" and 2 * nm_bytes * batch.B <= self.kernel_memory)
-        self._use_scaling = mode == "scaling" or (mode == "auto" and nm_bytes <= self.kernel_memory)
+        # the kernel-domain (scaling) mode is balanced only: unbalanced problems use log sweeps
+        self._use_scaling = batch.balanced and (mode == "scaling" or (mode == "auto" and nm_bytes <= self.kernel_memory))
+        # unbalanced: the kernels take the marginal strengths (balanced calls keep the old arity)
+        self._rho: tuple = () if batch.balanced else (batch.rho_a, batch.rho_b)
         self._operands: dict[int, tuple[str, tuple]] = {}
         self._workspace: np.ndarray | None = None
         self._exact: dict = {}
         self.masses = np.full(batch.B, np.nan)  # Σ P of the plans last measured (measure)
+        self.values = np.full(batch.B, np.nan)  # their objectives (primal_value)
 
     # -- operands ------------------------------------------------------------------------------
     def operands(self, p: int) -> tuple[str, tuple]:
@@ -148,7 +167,7 @@ class HostKernels:
                                                           self.n_threads, work, 50.0, om)
             else:
                 run = self.K.sinkhorn_dense if kind == "dense" else self.K.sinkhorn_pointcloud
-                it, st, e = run(*args, la, lb, fp, gp, eps, int(budget), tol, self.n_threads, om)
+                it, st, e = run(*args, la, lb, fp, gp, eps, int(budget), tol, self.n_threads, om, *self._rho)
             its.append(it)
             sts.append(st)
             errs.append(list(e))
@@ -159,7 +178,7 @@ class HostKernels:
         for p, budget in zip(ids, budgets):
             kind, args = self.operands(int(p))
             run = self.K.symmetric_dense if kind == "dense" else self.K.symmetric_pointcloud
-            it, st, e = run(*args, self.log_a[p], f[p], eps, int(budget), tol, self.n_threads)
+            it, st, e = run(*args, self.log_a[p], f[p], eps, int(budget), tol, self.n_threads, *self._rho[:1])
             its.append(it)
             sts.append(st)
             errs.append(list(e))
@@ -189,12 +208,16 @@ class HostKernels:
             row, col = np.empty(self.batch.n), np.empty(self.batch.m)
             fn = self.K.plan_stats_dense if kind == "dense" else self.K.plan_stats_pointcloud
             cost[c], plogp[c] = fn(*args, f[p], g[p], eps, row, col, self.n_threads)
-            merr[c] = float(np.abs(row - self._a64[p]).sum() + np.abs(col - self._b64[p]).sum())
+            a, b, bt = self._a64[p], self._b64[p], self.batch
+            f64, g64 = np.asarray(f[p], dtype=np.float64), np.asarray(g[p], dtype=np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                merr[c] = float(marginal_residual(row, col, f64, g64, a, b, eps, bt.rho_a, bt.rho_b))
+                self.values[p] = float(primal_value(cost[c], plogp[c], row, col, a, b, eps, bt.rho_a, bt.rho_b))
             self.masses[p] = float(row.sum())
         return merr, cost, plogp
 
     def dual_values(self, f, g, eps: float, ids: Sequence[int]) -> np.ndarray:
-        """Dual values ``<a, f> + <b, g> - ε Σ P`` of problems ``ids`` (float64)."""
+        """Dual values (:func:`~otsolve.problems.marginals.dual_value`) of problems ``ids`` (float64)."""
         out = np.empty(len(ids))
         for c, p in enumerate(ids):
             p = int(p)
@@ -202,9 +225,10 @@ class HostKernels:
             row, col = np.empty(self.batch.n), np.empty(self.batch.m)
             fn = self.K.plan_stats_dense if kind == "dense" else self.K.plan_stats_pointcloud
             fn(*args, f[p], g[p], eps, row, col, self.n_threads)
-            a, b = self._a64[p], self._b64[p]
-            out[c] = (np.where(a > 0, a * np.where(a > 0, f[p], 0.0), 0.0).sum()
-                      + np.where(b > 0, b * np.where(b > 0, g[p], 0.0), 0.0).sum() - eps * row.sum())
+            a, b, bt = self._a64[p], self._b64[p], self.batch
+            with np.errstate(invalid="ignore", over="ignore"):
+                out[c] = float(dual_value(np.asarray(f[p], dtype=np.float64), np.asarray(g[p], dtype=np.float64),
+                                          a, b, row.sum(), eps, bt.rho_a, bt.rho_b))
         return out
 
     def plan(self, p: int, f, g, eps: float, dtype):

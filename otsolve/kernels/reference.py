@@ -8,14 +8,17 @@ Séjourné et al. 2019) use the same sweeps with damped updates, see
 :mod:`otsolve.problems.marginals`: the row update is
 ``f_i = eps (log a_i + 1/2 + lam (1/2 - lse_i))`` with ``lam = rho / (rho + eps)`` (``lam = 1``
 is the balanced update), and the error is the L1 distance of the plan's marginals to their
-optimality targets ``a~ = a exp(-(f - eps log a - eps/2)/rho)`` (``a`` when balanced).
+optimality targets ``a~ = a exp(-(f - eps log a - eps/2)/rho)`` (``a`` when balanced). After
+each update of both potentials, an unbalanced problem's potentials are shifted by the optimal
+translation ``(f + t, g - t)`` (:func:`otsolve.problems.marginals.translation`; the plan is
+unchanged), which removes the slow mass mode of unbalanced Sinkhorn.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import logsumexp
 
-from ..problems.marginals import damping, marginal_target
+from ..problems.marginals import damping, marginal_target, translation
 
 __all__ = [
     "sinkhorn_dense",
@@ -135,7 +138,8 @@ def sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega
 
     One update: ``f <- f + w (f_sink - f)`` then ``g <- g + w (g_sink - g)`` with the exact
     block maximisers ``f_sink``, ``g_sink`` (damped by ``rho / (rho + eps)`` for a KL-relaxed
-    marginal of strength ``rho``; ``inf`` = balanced). Returns ``(n_iter, status, errors)``:
+    marginal of strength ``rho``; ``inf`` = balanced), then, when unbalanced, the translation
+    ``f + t``, ``g - t`` maximising the dual along that line. Returns ``(n_iter, status, errors)``:
     ``errors[k]`` is the L1 error of both marginals of the iterate after k updates (to their
     optimality targets when unbalanced); status 0 = converged (error <= tol, iterate left
     unchanged), 1 = max_iter updates done, 2 = diverged.
@@ -158,6 +162,11 @@ def sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega
             f[:] = np.where((a > 0) & np.isfinite(f), f + w * (f_sink - f), f_sink)
             g_sink = _update(log_b, logsumexp((f[:, None] - C) / eps, axis=0), eps, lam_b)
             g[:] = np.where((b > 0) & np.isfinite(g), g + w * (g_sink - g), g_sink)
+            if lam_a != 1.0 or lam_b != 1.0:  # translation-invariant step (unbalanced only)
+                t = translation(float(marginal_target(a, f, eps, rho_a).sum()),
+                                float(marginal_target(b, g, eps, rho_b).sum()), rho_a, rho_b)
+                f += t
+                g -= t
             relax.observe(err)
     return max_iter, 1, errors
 

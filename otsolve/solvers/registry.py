@@ -49,7 +49,7 @@ def _looks_like_cost(x: Any) -> bool:
 
 
 def solve(*args: Any, method: str = "sinkhorn", epsilon: float | None = None, init: Any = None,
-          **options: Any) -> OTResult:
+          rho: Any = None, **options: Any) -> OTResult:
     """Solve an OT problem with the named method.
 
     Call as ``solve(a, b, C, epsilon=..., method="sinkhorn", **options)`` (``a`` or ``b`` may be
@@ -63,6 +63,10 @@ def solve(*args: Any, method: str = "sinkhorn", epsilon: float | None = None, in
         ``"emd"`` for exact OT by POT's network simplex).
     epsilon : float, optional
         Entropic regularization (overrides the problem's).
+    rho : float or (float, float), optional
+        Unbalanced OT with the (a, b) form: strength of the KL relaxation of the marginals,
+        one number for both sides or a pair ``(rho_a, rho_b)`` (``inf`` keeps a side balanced);
+        see :class:`~otsolve.LinearProblem`. Only ``method="sinkhorn"`` solves it.
     init : optional
         Warm start passed to the solver (e.g. ``(f, g)`` or a previous :class:`OTResult`).
     **options
@@ -74,6 +78,10 @@ def solve(*args: Any, method: str = "sinkhorn", epsilon: float | None = None, in
         For an unknown method (the message lists the known ones) or bad input.
     """
     solver_cls = get_solver_class(method)
+    if rho is not None and not (len(args) == 3):
+        raise ValueError("rho applies to solve(a, b, C, ...); for a problem object give "
+                         "LinearProblem(..., rho_a=, rho_b=)")
+    rho_a, rho_b = (rho if isinstance(rho, (tuple, list)) and len(rho) == 2 else (rho, rho))
     if len(args) == 1 and isinstance(args[0], LinearProblem):
         problem = args[0]
         if epsilon is not None:
@@ -87,7 +95,7 @@ def solve(*args: Any, method: str = "sinkhorn", epsilon: float | None = None, in
             "otsolve.solve(a, b, M, epsilon=reg)")
     elif len(args) == 3:
         a, b, C = args
-        problem = LinearProblem(C, a, b, epsilon=epsilon)
+        problem = LinearProblem(C, a, b, epsilon=epsilon, rho_a=rho_a, rho_b=rho_b)
     else:
         raise ValueError("call solve(problem, method=...) or solve(a, b, C, epsilon=..., method=...)")
     try:

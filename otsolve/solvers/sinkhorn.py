@@ -5,7 +5,9 @@ device and for batches.
 settling pass, the outcome); what differs by device is a kernel set
 (:mod:`otsolve.backends.kernel_sets`): the C++ kernels or their NumPy reference on the CPU, the
 CUDA passes through CuPy on the GPU. A :class:`~otsolve.BatchedLinearProblem` is the B > 1 case
-of the same driver, each problem stopping at its own tolerance.
+of the same driver, each problem stopping at its own tolerance. Unbalanced problems (KL-relaxed
+marginals, ``rho_a`` / ``rho_b``) run through the same driver: the kernels damp their updates and
+measure the error to the marginal targets (:mod:`otsolve.problems.marginals`).
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ class SinkhornRun:
     fallbacks: int
     time: float
     mass: Any = None            # Σ P of each returned plan (dual value: <a,f> + <b,g> - ε mass)
+    values: Any = None          # objective of each returned plan (primal_value)
 
 
 def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, init: Any = None) -> SinkhornRun:
@@ -215,25 +218,36 @@ def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, i
         converged=np.array([o[0] for o in outcomes], dtype=bool),
         status_names=np.array([o[1] for o in outcomes]), messages=messages,
         schedule=schedule, tol=tol, tol_each=tol_each, fallbacks=fallbacks, time=elapsed,
-        mass=np.array(getattr(kernels, "masses", np.full(B, np.nan)), dtype=np.float64))
+        mass=np.array(getattr(kernels, "masses", np.full(B, np.nan)), dtype=np.float64),
+        values=np.array(getattr(kernels, "values", cost + eps * plogp), dtype=np.float64))
 
 
 def kernels_mass(batch: ProblemBatch):
-    """Total mass of each problem (host floats)."""
-    a = batch.a
-    s = a.sum(axis=1)
+    """Total mass of each problem (host floats; the larger of the two sides when unbalanced)."""
+    s = batch.a.sum(axis=1)
+    if not batch.balanced:
+        s = batch.xp.maximum(s, batch.b.sum(axis=1))
     return s.get() if hasattr(s, "get") else s
 
 
 @dataclass(frozen=True)
 class Sinkhorn:
-    """Entropic OT by log-domain Sinkhorn iterations.
+    """Entropic OT by log-domain Sinkhorn iterations, balanced or unbalanced.
 
     Each iteration is one fused pass over the cost (exact row log-sum-exp, row update and column
     accumulation together, one exp per entry, all cores), so it is stable for any ε: nothing is
     exponentiated without being shifted by its maximum or bounded by a marginal. Solves a
     :class:`~otsolve.LinearProblem` or a :class:`~otsolve.BatchedLinearProblem` (B problems, each
     stopping at its own tolerance), on NumPy (C++ kernels) or CuPy (CUDA kernels) arrays.
+
+    Unbalanced problems (``rho_a`` / ``rho_b`` finite: KL-relaxed marginals) use the same
+    iterations with updates damped by ``ρ / (ρ + ε)`` (Chizat et al. 2018; Séjourné et al.
+    2019). Their marginals are not ``a`` and ``b`` but targets fixed by the potentials
+    (``a exp(-φ/ρ_a)``, see :mod:`otsolve.problems.marginals`): ``tol`` and ``marginal_error``
+    then measure the L1 distance of the plan's marginals to those targets (zero exactly at the
+    optimum), and ``value`` is the unbalanced objective
+    ``<C, P> + ε KL(P | a⊗b) + ρ_a KL(P1 | a) + ρ_b KL(Pᵀ1 | b)``. They always use log-domain
+    sweeps (``mode`` does not apply).
 
     Parameters
     ----------
@@ -360,7 +374,7 @@ class Sinkhorn:
         f, g = out.f, out.g
         return OTResult(
             method=self.method, f=f[0].astype(dtype), g=g[0].astype(dtype), cost=float(out.cost[0]),
-            value=float(out.cost[0] + eps * out.plogp[0]), converged=converged, n_iter=int(out.n_iter[0]),
+            value=float(out.values[0]), converged=converged, n_iter=int(out.n_iter[0]),
             marginal_error=float(out.marginal_error[0]), errors=out.errors[0], message=message,
             status=str(out.status_names[0]), epsilon=eps, plan_fn=lambda: kernels.plan(0, f, g, eps, dtype),
             epsilon_schedule=out.schedule, time=out.time, kernel_fallbacks=out.fallbacks, tol=float(out.tol_each[0]),
@@ -390,7 +404,7 @@ class Sinkhorn:
         def plan():
             return xp.stack([kernels.plan(p, out.f, out.g, eps, dtype) for p in range(B)])
 
-        values = out.cost + eps * out.plogp
+        values = out.values
         return OTResult(
             method=self.method, f=f, g=g, cost=float(out.cost.sum()), value=float(values.sum()),
             converged=bool(out.converged.all()), n_iter=int(out.n_iter.max(initial=0)),

@@ -29,7 +29,7 @@ from ..backends.sns_kernels import (
     get_sns_kernels,
 )
 from ..problems import LinearProblem
-from ._common import default_tol, initial_potentials, is_cupy_problem, warn_not_converged
+from ._common import default_tol, initial_potentials, is_cupy_problem, require_balanced, warn_not_converged
 from .result import OTResult
 
 __all__ = ["SinkhornNewtonSparse", "get_sns_kernels", "direct_newton_solve", "NewtonState"]
@@ -294,6 +294,7 @@ class SinkhornNewtonSparse:
     def __call__(self, problem: LinearProblem, init: Any = None) -> OTResult:
         if not isinstance(problem, LinearProblem):
             raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
+        require_balanced(problem, "SNS")
         eps = problem.require_epsilon()
         on_gpu = is_cupy_problem(problem)
         if on_gpu and not self.compiled:

@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from .._validation import check_epsilon, check_memory, check_positive_int, renamed_kwarg
 from ..kernels.topk import get_topk_kernels
 from ..problems import LinearProblem
-from ._common import is_cupy_problem, warn_not_converged
+from ._common import is_cupy_problem, require_balanced, warn_not_converged
 from .result import OTResult
 
 __all__ = ["SparsityConstrainedOT", "ScotObjective", "SCOT_POTENTIALS_CONVENTION"]
@@ -288,6 +288,7 @@ class SparsityConstrainedOT:
     def __call__(self, problem: LinearProblem, init: Any = None) -> OTResult:
         if not isinstance(problem, LinearProblem):
             raise ValueError(f"expected a LinearProblem, got {type(problem).__name__}")
+        require_balanced(problem, "SparsityConstrainedOT")
         if is_cupy_problem(problem):
             return self._solve_on_host(problem, init)
         self._check_memory(problem)
