@@ -377,3 +377,46 @@ def test_solve_unbalanced_torch(prob):
     assert Mg.grad is not None and (fwd.log is None or "result" not in fwd.log)
     det = opot.solve(Mg, at, bt, reg=0.2, unbalanced=1.0, grad="detach", tol=1e-12)
     assert "result" in det.log and not det.value.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------
+# CuPy in, CuPy out (a CUDA device, or the CPU CUDA emulator)
+@pytest.fixture
+def cupy_module():
+    import contextlib  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    import cuda_emulator  # noqa: PLC0415
+
+    from otsolve.backends import cupy_available  # noqa: PLC0415
+
+    if os.environ.get("OTSOLVE_CUDA_EMULATOR", "") not in ("", "0") or not cupy_available():
+        if not cuda_emulator.available():
+            pytest.skip("no CUDA device, and the CUDA emulator needs x86-64 and g++")
+        ctx, cp = cuda_emulator.installed(), cuda_emulator.modules()["cupy"]
+    else:  # pragma: no cover - GPU machines
+        import cupy as cp  # noqa: PLC0415
+
+        ctx = contextlib.nullcontext()
+    with ctx:
+        yield cp
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_cupy_in_cupy_out(prob, cupy_module, compiled):
+    cp = cupy_module
+    a, b, M = prob
+    ac, bc, Mc = (cp.asarray(x) for x in (a, b, M))
+    P, lg = sinkhorn_unbalanced(ac, bc, Mc, 0.2, (0.5, 2.0), log=True, stopThr=1e-12, compiled=compiled)
+    assert isinstance(P, cp.ndarray) and P.dtype == np.float64
+    assert all(isinstance(lg[k], cp.ndarray) for k in ("logu", "logv", "cost", "total_cost"))
+    P0, l0 = pot(ot.unbalanced.sinkhorn_unbalanced, a, b, M, 0.2, (0.5, 2.0), log=True)
+    np.testing.assert_allclose(P.get(), P0, atol=1e-10)
+    np.testing.assert_allclose(lg["logu"].get(), l0["logu"], atol=1e-9)
+    B = np.random.RandomState(5).rand(M.shape[1], 2)
+    costs = sinkhorn_unbalanced2(ac, cp.asarray(B), Mc, 0.2, 0.8, reg_type="entropy", stopThr=1e-12,
+                                 compiled=compiled)
+    assert isinstance(costs, cp.ndarray) and costs.shape == (2,)
+    np.testing.assert_allclose(costs.get(), pot(ot.unbalanced.sinkhorn_unbalanced2, a, B, M, 0.2, 0.8,
+                                                reg_type="entropy"), rtol=1e-9)
