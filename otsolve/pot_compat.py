@@ -570,15 +570,15 @@ class _UnbalancedInputs:
 
     def _tol(self, stopThr, mass_a: float, mass_b) -> float:
         """POT's stopThr (relative change of the scalings) as otsolve's tol (L1 residual of the
-        marginals to their targets): ``stopThr`` times the mean mass ``(|a| + |b|) / 2``."""
+        marginals to their targets): ``stopThr`` times the larger mass ``max(|a|, |b|)``."""
         try:
             t = float(stopThr)
         except (TypeError, ValueError):
             raise ValueError(f"stopThr must be a number >= 0, got {stopThr!r}") from None
         if not t >= 0 or not np.isfinite(t):
             raise ValueError(f"stopThr must be a finite number >= 0, got {stopThr!r}")
-        scale = 0.5 * (mass_a + float(mass_b.max()))
-        floor = reachable_stopthr(self.dtype, max(mass_a, float(mass_b.max())))
+        scale = max(mass_a, float(mass_b.max()))
+        floor = reachable_stopthr(self.dtype, scale)
         tol = t * scale
         if t == 0:
             return floor
@@ -626,9 +626,7 @@ class _UnbalancedInputs:
         if not self.n_hists:
             return LinearProblem(self.costs[0], self.a, self.b, epsilon=self.reg, **rho)
         xp = self.xp
-        cost = xp.stack(self.costs) if len(self.costs) > 1 else xp.broadcast_to(
-            self.M, (self.n_hists,) + self.M.shape)
-        return BatchedLinearProblem(cost=cost, a=self.a, b=xp.ascontiguousarray(self.b.T), epsilon=self.reg, **rho)
+        return BatchedLinearProblem(cost=xp.stack(self.costs), a=self.a, b=xp.ascontiguousarray(self.b.T), epsilon=self.reg, **rho)
 
     def solve(self):
         solver = Sinkhorn(tol=self.tol, max_iter=self.max_iter, warn=False, **self.opts)
@@ -794,7 +792,7 @@ def sinkhorn_unbalanced(a, b, M, reg: float, reg_m: Any, method: str = "sinkhorn
         of the scalings ``u``, ``v`` falls below ``stopThr``; otsolve stops when the L1 distance of
         the plan's marginals to their optimality targets ``a exp(-φ/reg_m1)``, ``b exp(-ψ/reg_m2)``
         (zero exactly at the solution; ``a``, ``b`` on a hard side) is at most
-        ``stopThr * (|a| + |b|) / 2`` (a relative residual; for unit masses, ``stopThr``), measured on
+        ``stopThr * max(|a|, |b|)`` (a relative residual; for unit masses, ``stopThr``), measured on
         the returned plan. A value below what the dtype can reach is raised to that level (with a
         UserWarning); ``0`` means that level.
     verbose : bool
