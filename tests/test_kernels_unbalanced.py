@@ -124,6 +124,34 @@ def test_stops_at_tol_on_the_measured_iterate(rng):
     _assert_same_iterates(out[0], out[1], 2.5)
 
 
+@pytest.mark.parametrize("rho_a,rho_b", [(1e3, 1e3), (1e3, INF)])
+@pytest.mark.parametrize("pointcloud", [False, True])
+def test_translation_step_keeps_large_rho_fast(rng, rho_a, rho_b, pointcloud):
+    """rho = 1e3 at eps = 0.1: plain unbalanced Sinkhorn's mass mode contracts at ~1 - eps/rho
+    (~10^5 iterations to 1e-10 on this problem); with the translation-invariant step the kernel
+    converges in < 1000, to the reference's iterate, and the returned plan meets tol."""
+    n, m, eps, tol = 12, 10, 0.1, 1e-10
+    x, y = rng.normal(size=(n, 2)), rng.normal(size=(m, 2)) + 0.5
+    a, la = _weights(rng, n, 1.0)
+    b, lb = _weights(rng, m, 1.0 if math.isinf(rho_b) else 1.3)
+    if pointcloud:
+        args = (x, np.ascontiguousarray(y.T), 0, 0.5, la, lb)
+        fns = (reference.sinkhorn_pointcloud, K.sinkhorn_pointcloud)
+    else:
+        args = (ot.dist(x, y) / 2, la, lb)
+        fns = (reference.sinkhorn_dense, K.sinkhorn_dense)
+    out = [_run(fn, args, np.zeros(n), np.zeros(m), eps, 1000, tol, 0, 1.0, rho_a, rho_b) for fn in fns]
+    f, g, it, status, errs = out[1]
+    assert status == 0 and it < 1000 and errs[-1] <= tol
+    C = reference.pointcloud_cost(x, y.T, 0, 0.5)
+    P = _plan(f, g, C, eps)
+    resid = (np.abs(P.sum(1) - marginal_target(a, f, eps, rho_a)).sum()
+             + np.abs(P.sum(0) - marginal_target(b, g, eps, rho_b)).sum())
+    assert resid <= tol * 1.01
+    np.testing.assert_allclose(f, out[0][0], atol=1e-9)
+    np.testing.assert_allclose(g, out[0][1], atol=1e-9)
+
+
 def _damped(log_w, pot_other, C, eps, rho):
     """Block maximiser eps (log w + 1/2 + lam (1/2 - LSE_j (pot_j - C_ij)/eps)) (NumPy)."""
     lse = logsumexp((pot_other[None, :] - C) / eps, axis=1)
