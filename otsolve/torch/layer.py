@@ -6,6 +6,10 @@ References
 M. Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal Transport", NeurIPS 2013.
 J. Feydy, T. Séjourné, F.-X. Vialard, S. Amari, A. Trouvé, G. Peyré, "Interpolating between
 Optimal Transport and MMD using Sinkhorn Divergences", AISTATS 2019 (debiased divergence, GeomLoss).
+T. Séjourné, J. Feydy, F.-X. Vialard, A. Trouvé, G. Peyré, "Sinkhorn Divergences for Unbalanced
+Optimal Transport", arXiv:1910.12958, 2019 (unbalanced divergence, ``rho``).
+L. Chizat, G. Peyré, B. Schmitzer, F.-X. Vialard, "Scaling algorithms for unbalanced optimal
+transport problems", Math. Comp. 2018 (KL-damped Sinkhorn updates).
 M. Eisenberger, A. Toker, L. Leal-Taixé, F. Bernard, D. Cremers, "A Unified Framework for Implicit
 Sinkhorn Differentiation", CVPR 2022 (implicit gradients of the Sinkhorn layer).
 """
@@ -18,8 +22,10 @@ import numpy as np
 import torch
 
 from .._validation import check_epsilon, check_n_threads, check_positive_int, check_tol
+from ..problems.marginals import check_rho, damping
 from ._costs import CostSpec, pairwise_cost, resolve_cost
-from ._grad import ImplicitState, SolveSpec, envelope_value, implicit_potentials, refuse_grad
+from ._grad import (ImplicitState, SolveSpec, envelope_value, implicit_potentials, refuse_grad, side_potential,
+                    unbalanced_dual)
 from ._solve import _update, annealing_schedule, core_problem
 
 __all__ = ["GRAD_MODES", "SinkhornOutput", "sinkhorn", "sinkhorn_divergence", "SinkhornLoss", "TermInfo"]
@@ -41,9 +47,17 @@ def _mode(grad: Any) -> str:
     return g
 
 
-def _default_tol(dtype: torch.dtype) -> float:
-    # same defaults as the NumPy solvers (otsolve.solvers._common.default_tol)
-    return 1e-9 if dtype == torch.float64 else 1e-6
+def _default_tol(dtype: torch.dtype, *weights: torch.Tensor) -> float:
+    # same defaults as the NumPy solvers (otsolve.solvers._common.default_tol), raised to what the
+    # arithmetic reaches for the weights' total mass (unbalanced weights may weigh more than 1:
+    # the core would raise it and warn)
+    tol = 1e-9 if dtype == torch.float64 else 1e-6
+    if weights:
+        from ..solvers.sinkhorn import reachable_tol  # noqa: PLC0415
+
+        mass = max(float(w.detach().sum(-1).max()) for w in weights)
+        tol = max(tol, reachable_tol(np.float64 if dtype == torch.float64 else np.float32, mass))
+    return tol
 
 
 def _eps(epsilon: Any) -> float:
@@ -99,7 +113,23 @@ def _weights(w: Any, B: int, n: int, batched: bool, ref: torch.Tensor, name: str
     return w if batched else w.unsqueeze(0)
 
 
-def _check_mass(a: torch.Tensor, b: torch.Tensor) -> None:
+def _rho(rho: Any, name: str) -> float:
+    """A KL relaxation strength: a positive number, or None / inf (the hard constraint)."""
+    if isinstance(rho, torch.Tensor):
+        if rho.requires_grad:
+            raise ValueError(f"{name} requires grad, but no gradient mode differentiates with respect to {name}; "
+                             "pass a float or a detached tensor")
+        if rho.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(rho.shape)}")
+        rho = float(rho.item())
+    if isinstance(rho, bool):
+        raise ValueError(f"{name} must be a positive number, inf or None (balanced), got {rho!r}")
+    return check_rho(rho, name)
+
+
+def _check_mass(a: torch.Tensor, b: torch.Tensor, rho_a: float = math.inf, rho_b: float = math.inf) -> None:
+    if not (math.isinf(rho_a) and math.isinf(rho_b)):
+        return  # a relaxed marginal: the masses may differ
     with torch.no_grad():
         sa, sb = a.sum(-1).double(), b.sum(-1).double()
         rtol = 1e-6 if a.dtype == torch.float64 else 1e-4
@@ -122,6 +152,9 @@ class SinkhornOutput:
     ----------
     value : Tensor
         Regularized OT value ``<C, P> + ε Σ P log P`` (dual form ``<a, f> + <b, g> − ε Σ P``).
+        Unbalanced problems (``rho_a`` / ``rho_b`` finite): the objective
+        ``<C, P> + ε KL(P | a⊗b) + ρ_a KL(P1 | a) + ρ_b KL(Pᵀ1 | b)`` (the core's ``result.value``),
+        in its dual form ``Σ_sides ρ <w, 1 − e^{−φ/ρ}> − ε (Σ P − |a| |b|)``.
     f, g : Tensor
         Potentials in cost units, ``P_ij = exp((f_i + g_j − C_ij)/ε − 1)``.
     plan : Tensor
@@ -129,7 +162,8 @@ class SinkhornOutput:
     cost : Tensor
         ``<C, P>``.
     converged, n_iter, marginal_error : Tensor
-        Per-problem diagnostics (L1 error of both marginals).
+        Per-problem diagnostics (L1 error of both marginals; unbalanced: to their optimality
+        targets ``a e^{−φ/ρ_a}``, ``b e^{−ψ/ρ_b}``).
     grad : str
         Gradient mode; in ``"envelope"`` mode only ``value`` is differentiable, backpropagating
         through ``plan``, ``f``, ``g`` or ``cost`` raises a RuntimeError naming the mode to use.
@@ -185,33 +219,53 @@ class SinkhornOutput:
                 f"converged={self.converged}, n_iter={self.n_iter})")
 
 
-def _dual_value(a, b, C, f, g, eps):
-    """``<a, f> + <b, g> − ε Σ P`` with ``0 · (−inf) = 0`` for zero weights."""
-    # mask f / g before multiplying: where(a > 0, a * f, 0) would backpropagate 0 * (-inf) = NaN
-    af = (a * torch.where(a > 0, f, torch.zeros_like(f))).sum(-1)
-    bg = (b * torch.where(b > 0, g, torch.zeros_like(g))).sum(-1)
-    return af + bg - eps * _plan(C, f, g, eps).sum((-1, -2))
+def _dual_value(a, b, C, f, g, eps, rho_a=math.inf, rho_b=math.inf):
+    """``<a, f> + <b, g> − ε Σ P`` with ``0 · (−inf) = 0`` for zero weights; unbalanced: the dual
+    of :func:`otsolve.torch._grad.unbalanced_dual`, written with ``Σ P = Σ a_i b_j e^{(φ_i + ψ_j − C_ij)/ε}``
+    so that autograd gives the weights' derivative also at zero weights (their φ is then the
+    C-transform of the other side's potential)."""
+    if math.isinf(rho_a) and math.isinf(rho_b):
+        # mask f / g before multiplying: where(a > 0, a * f, 0) would backpropagate 0 * (-inf) = NaN
+        af = (a * torch.where(a > 0, f, torch.zeros_like(f))).sum(-1)
+        bg = (b * torch.where(b > 0, g, torch.zeros_like(g))).sum(-1)
+        return af + bg - eps * _plan(C, f, g, eps).sum((-1, -2))
+    lr = lc = None
+    if bool((a == 0).any()) or bool((b == 0).any()):
+        lr = torch.logsumexp((g.unsqueeze(-2) - C) / eps, dim=-1)
+        lc = torch.logsumexp((f.unsqueeze(-1) - C) / eps, dim=-2)
+    phi = side_potential(a, f, eps, lr, damping(eps, rho_a))
+    psi = side_potential(b, g, eps, lc, damping(eps, rho_b))
+    mass = (a.unsqueeze(-1) * b.unsqueeze(-2)
+            * torch.exp((phi.unsqueeze(-1) + psi.unsqueeze(-2) - C) / eps)).sum((-1, -2))
+    return unbalanced_dual(a, b, phi, psi, mass, eps, rho_a, rho_b)
 
 
-def _unrolled(C, a, b, eps, tol, max_iter, schedule, init):
-    """Log-domain iterations recorded by autograd; finished problems are frozen (torch.where)."""
+def _safe_log(w):
+    # log w, −inf where w = 0 with a zero (not NaN) gradient there
+    pos = w > 0
+    return torch.where(pos, torch.log(torch.where(pos, w, torch.ones_like(w))), torch.full_like(w, -math.inf))
+
+
+def _unrolled(C, a, b, eps, tol, max_iter, schedule, init, rho_a=math.inf, rho_b=math.inf):
+    """Log-domain iterations recorded by autograd (KL-damped when unbalanced, as the core's
+    reference sweeps); finished problems are frozen (torch.where)."""
     from ._solve import Solution
 
     B, n, m = C.shape
-    la, lb = torch.log(a), torch.log(b)
+    la, lb = _safe_log(a), _safe_log(b)
     if init is not None:
         f, g = init[0].to(C.dtype), init[1].to(C.dtype)
     else:
         f = torch.zeros(B, n, dtype=C.dtype, device=C.device)
         g = torch.zeros(B, m, dtype=C.dtype, device=C.device)
     for e in schedule:
-        f, g, _ = _update(C, la, lb, f, g, e)
+        f, g, _ = _update(C, la, lb, f, g, e, rho_a, rho_b)
     active = torch.ones(B, dtype=torch.bool, device=C.device)
     n_iter = torch.full((B,), len(schedule), dtype=torch.int64, device=C.device)
     err = torch.full((B,), math.inf, dtype=torch.float64, device=C.device)
     conv = torch.zeros(B, dtype=torch.bool, device=C.device)
     for it in range(max_iter + 1):
-        f_new, g_new, e = _update(C, la, lb, f, g, eps)
+        f_new, g_new, e = _update(C, la, lb, f, g, eps, rho_a, rho_b)
         with torch.no_grad():
             done = (e <= tol) | ~torch.isfinite(e) | (it == max_iter)
             newly = done & active
@@ -228,14 +282,15 @@ def _unrolled(C, a, b, eps, tol, max_iter, schedule, init):
 
 def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, compiled, state,
            C=None, x=None, y=None, cost=None, batched=True, inputs=(), n_threads=0,
-           symmetric=False, value_tol=None, stage_tol=1e-2, epsilon_init=None, warn=True, kernel_memory=4e9):
+           symmetric=False, value_tol=None, stage_tol=1e-2, epsilon_init=None, warn=True, kernel_memory=4e9,
+           rho_a=math.inf, rho_b=math.inf):
     """Shared driver: batch tensors in, :class:`SinkhornOutput` (batched) out."""
     dense = C is not None
     C_fn = (lambda: C) if dense else (lambda: pairwise_cost(x, y, cost))
     spec = SolveSpec(eps=eps, tol=tol, max_iter=max_iter, cost=cost, scaling=scaling,
                      compiled=compiled, init=init, n_threads=int(n_threads), symmetric=bool(symmetric),
                      value_tol=value_tol, stage_tol=stage_tol, epsilon_init=epsilon_init,
-                     kernel_memory=kernel_memory)
+                     kernel_memory=kernel_memory, rho_a=rho_a, rho_b=rho_b)
     if grad in ("envelope", "detach"):
         if grad == "detach":
             a, b = a.detach(), b.detach()
@@ -252,9 +307,10 @@ def _solve(*, a, b, eps, grad, tol, max_iter, scaling, init, compiled, state,
             f, g = implicit_potentials(spec, state, Cd, a, b)
             sol = spec.solution
         else:  # unroll
-            stages = annealing_schedule(core_problem(a, b, eps, None if C is None else C, x, y, cost), eps, scaling)
-            f, g, sol = _unrolled(Cd, a, b, eps, tol, max_iter, stages, init)
-        value = _dual_value(a, b, Cd, f, g, eps)
+            stages = annealing_schedule(core_problem(a, b, eps, None if C is None else C, x, y, cost,
+                                                     rho_a=rho_a, rho_b=rho_b), eps, scaling)
+            f, g, sol = _unrolled(Cd, a, b, eps, tol, max_iter, stages, init, rho_a, rho_b)
+        value = _dual_value(a, b, Cd, f, g, eps, rho_a, rho_b)
         C_fn = lambda: Cd  # noqa: E731  (reuse the differentiable cost matrix)
     out = SinkhornOutput(value=value, f=f, g=g, C_fn=C_fn, eps=eps, sol=sol, grad=grad,
                          batched=batched, inputs=inputs, state=state)
@@ -284,16 +340,21 @@ def sinkhorn(
     implicit_state: ImplicitState | None = None,
     n_threads: int = 0,
     backend: str | None = None,
+    rho_a: float | None = None,
+    rho_b: float | None = None,
 ) -> SinkhornOutput:
     """Entropic OT between weights ``a``, ``b`` for the cost ``C``, differentiable in torch.
 
     Solves ``min_P <C, P> + ε Σ P log P`` over plans with marginals ``a``, ``b`` (log-domain
-    Sinkhorn, Cuturi 2013) and attaches gradients according to ``grad``.
+    Sinkhorn, Cuturi 2013) and attaches gradients according to ``grad``. With ``rho_a`` /
+    ``rho_b``: unbalanced OT, ``min_P <C, P> + ε KL(P | a⊗b) + ρ_a KL(P1 | a) + ρ_b KL(Pᵀ1 | b)``
+    (Chizat et al. 2018; the core driver's KL-damped updates).
 
     Parameters
     ----------
     a, b : Tensor (n,), (m,) or (B, n), (B, m), or None
-        Nonnegative weights of equal mass; None means uniform.
+        Nonnegative weights of equal mass (any masses when a marginal is relaxed); None means
+        uniform.
     C : Tensor (n, m) or (B, n, m)
         Cost matrices (float32 or float64, CPU or CUDA). A batch is solved with per-problem
         convergence: problems that have converged stop costing anything.
@@ -324,6 +385,10 @@ def sinkhorn(
         CG settings and warm start of the implicit backward pass (reuse one across steps).
     n_threads : int
         Threads of the compiled kernels (0 = all; problems below 500×500 use one thread).
+    rho_a, rho_b : float, optional
+        KL relaxation strengths of the row / column marginals, in cost units (None or ``inf``:
+        hard constraint). ``value`` is then the unbalanced objective (see :class:`SinkhornOutput`)
+        and its gradients are the envelope formulas of :mod:`otsolve.torch._grad`.
 
     Returns
     -------
@@ -347,14 +412,15 @@ def sinkhorn(
     _check_finite(Cb, "C")
     a_ = _weights(a, B, n, batched, Cb, "a")
     b_ = _weights(b, B, m, batched, Cb, "b")
-    _check_mass(a_, b_)
-    tol = _default_tol(Cb.dtype) if tol is None else check_tol(tol)
+    rho_a, rho_b = _rho(rho_a, "rho_a"), _rho(rho_b, "rho_b")
+    _check_mass(a_, b_, rho_a, rho_b)
+    tol = _default_tol(Cb.dtype, a_, b_) if tol is None else check_tol(tol)
     init = _init(init, B, n, m, batched)
     compiled = _check_compiled(compiled, backend, Cb)
     return _solve(a=a_, b=b_, eps=eps, grad=grad, tol=tol, max_iter=check_positive_int(max_iter, "max_iter", 0),
                   scaling=_scaling(epsilon_scaling), init=init, compiled=compiled,
                   state=implicit_state, C=Cb, batched=batched, inputs=(a, b, C),
-                  n_threads=check_n_threads(n_threads))
+                  n_threads=check_n_threads(n_threads), rho_a=rho_a, rho_b=rho_b)
 
 
 def _scaling(s):
@@ -441,6 +507,7 @@ def sinkhorn_divergence(
     stage_tol: float = 1e-2,
     epsilon_init: float | None = None,
     kernel_memory: float = 4e9,
+    rho: float | None = None,
 ):
     """Sinkhorn divergence between weighted point clouds (Feydy et al., AISTATS 2019).
 
@@ -449,6 +516,13 @@ def sinkhorn_divergence(
     convention (for ``cost="half_sqeuclidean"``, ``ε = blur**2`` with ``p=2``). The KL form differs
     from the ``Σ P log P`` form of :func:`sinkhorn` by ``ε(<a, log a> + <b, log b>)``, a constant
     that cancels in the debiased divergence.
+
+    Unbalanced (``rho`` finite; Séjourné et al. 2019, GeomLoss's ``reach = rho**(1/p)``):
+    ``OT_ε,ρ(a, b) = min_P <C, P> + ε KL(P | a⊗b) + ρ KL(P1 | a) + ρ KL(Pᵀ1 | b) + ε ((|a| + |b|)/2 − |a||b|)``
+    — the last constant (zero for probability vectors) is GeomLoss's: its value is then
+    ``(ρ + ε/2)(<a, 1 − e^{−φ/ρ}> + <b, 1 − e^{−ψ/ρ}>)`` at the optimum for any masses, and the
+    debiased ``OT(a, b) − ½OT(a, a) − ½OT(b, b)`` is Séjourné et al.'s divergence, which carries
+    ``+ ε/2 (|a| − |b|)²`` relative to the plain objectives.
 
     Parameters
     ----------
@@ -480,6 +554,9 @@ def sinkhorn_divergence(
     stage_tol, epsilon_init
         The core's ε-scaling options (:class:`otsolve.Sinkhorn`): tolerance of the intermediate
         stages, first ε (default: the cost range of the clouds, i.e. their squared diameter).
+    rho : float, optional
+        Unbalanced OT: strength of the KL relaxation of both marginals, in cost units (None or
+        ``inf``: balanced). Weights of any (positive) total masses are then allowed.
 
     Notes
     -----
@@ -511,8 +588,9 @@ def sinkhorn_divergence(
     B, n, m = xb.shape[0], xb.shape[1], yb.shape[1]
     a_ = _weights(a, B, n, batched, xb, "a")
     b_ = _weights(b, B, m, batched, xb, "b")
-    _check_mass(a_, b_)
-    tol = _default_tol(xb.dtype) if tol is None else check_tol(tol)
+    rho = _rho(rho, "rho")
+    _check_mass(a_, b_, rho, rho)
+    tol = _default_tol(xb.dtype, a_, b_) if tol is None else check_tol(tol)
     compiled = _check_compiled(compiled, backend, xb)
     scaling = _scaling(epsilon_scaling)
     init = init or {}
@@ -524,7 +602,8 @@ def sinkhorn_divergence(
     common = dict(eps=eps, grad=grad, tol=tol, max_iter=check_positive_int(max_iter, "max_iter", 0), scaling=scaling,
                   compiled=compiled, state=implicit_state, cost=cost, batched=True,
                   n_threads=check_n_threads(n_threads), stage_tol=stage_tol, epsilon_init=epsilon_init,
-                  value_tol=None if loss_tol is None else 0.5 * loss_tol, kernel_memory=float(kernel_memory))
+                  value_tol=None if loss_tol is None else 0.5 * loss_tol, kernel_memory=float(kernel_memory),
+                  rho_a=rho, rho_b=rho)
     inputs = (x, y, a, b)
     if scaling is not None and any(init.get(k) is not None for k in ("xy", "xx", "yy")):
         # a warm start (e.g. the previous training step) is already at the target ε: the terms
@@ -535,13 +614,24 @@ def sinkhorn_divergence(
         def opts(k):
             return common
     outs = {"xy": _solve(a=a_, b=b_, x=xb, y=yb, init=init.get("xy"), inputs=inputs, **opts("xy"))}
-    val = outs["xy"].value - eps * (_entropy_term(a_) + _entropy_term(b_))
+    balanced = math.isinf(rho)
+
+    def ot(k, u, v):  # OT_ε(u, v) of the docstring from a term's value
+        if balanced:  # Σ P log P form -> KL form
+            return outs[k].value - eps * (_entropy_term(u) + _entropy_term(v))
+        # unbalanced value = the KL-form objective; GeomLoss's constant (differentiable in u, v)
+        mu, mv = u.sum(-1), v.sum(-1)
+        return outs[k].value + eps * (0.5 * (mu + mv) - mu * mv)
+
+    val = ot("xy", a_, b_)
     if debias:
         sym = grad != "unroll"  # (the unrolled mode records its own iterations)
         outs["xx"] = _solve(a=a_, b=a_, x=xb, y=xb, init=init.get("xx"), inputs=inputs, symmetric=sym, **opts("xx"))
         outs["yy"] = _solve(a=b_, b=b_, x=yb, y=yb, init=init.get("yy"), inputs=inputs, symmetric=sym, **opts("yy"))
-        # the KL constants ε<a, log a>, ε<b, log b> cancel between the three terms
-        val = outs["xy"].value - 0.5 * (outs["xx"].value + outs["yy"].value)
+        if balanced:  # the KL constants ε<a, log a>, ε<b, log b> cancel between the three terms
+            val = outs["xy"].value - 0.5 * (outs["xx"].value + outs["yy"].value)
+        else:
+            val = val - 0.5 * (ot("xx", a_, a_) + ot("yy", b_, b_))
     val = val if batched else val[0]
     return (val, outs) if return_outputs else val
 
@@ -585,6 +675,9 @@ class SinkhornLoss(torch.nn.Module):
         Start each call from the potentials of the previous call for each term whose shapes
         (batch size, cloud sizes), dtype and device match (the others start cold)
         (training loops move the clouds a little per step, so fewer iterations are needed).
+    rho : float, optional
+        Unbalanced OT (KL-relaxed marginals of strength ρ, cost units; None: balanced). See
+        :func:`sinkhorn_divergence`.
     **options
         ``tol``, ``max_iter``, ``epsilon_scaling``, ``compiled``, ``implicit_state``, ``n_threads``,
         ``loss_tol``, ``stage_tol``, ``epsilon_init`` (``backend``: deprecated spelling of
@@ -598,9 +691,11 @@ class SinkhornLoss(torch.nn.Module):
     """
 
     def __init__(self, epsilon: float = 0.05, cost: CostSpec = "sqeuclidean", debias: bool = True,
-                 grad: str = "envelope", warm_start: bool = False, **options: Any) -> None:
+                 grad: str = "envelope", warm_start: bool = False, rho: float | None = None,
+                 **options: Any) -> None:
         super().__init__()
         self.epsilon = _eps(epsilon)
+        self.rho = _rho(rho, "rho")
         self.cost = resolve_cost(cost)
         self.debias = bool(debias)
         self.grad = _mode(grad)
@@ -643,9 +738,10 @@ class SinkhornLoss(torch.nn.Module):
                     and o._f.dtype == x.dtype and o._f.device == x.device}
         val, outs = sinkhorn_divergence(
             x, y, self.epsilon, a=a, b=b, cost=self.cost, debias=self.debias, grad=self.grad,
-            init=init, return_outputs=True, **self.options)
+            init=init, return_outputs=True, rho=self.rho, **self.options)
         self.last_outputs = {k: TermInfo.of(o) for k, o in outs.items()}
         return val
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"epsilon={self.epsilon}, cost={self.cost!r}, debias={self.debias}, grad={self.grad!r}"
+        unb = "" if math.isinf(self.rho) else f", rho={self.rho}"
+        return f"epsilon={self.epsilon}, cost={self.cost!r}, debias={self.debias}, grad={self.grad!r}{unb}"

@@ -1,8 +1,9 @@
 """GeomLoss-shaped entry point: ``SamplesLoss("sinkhorn", p=2, blur=..., ...)`` on the core driver.
 
 The same calls as ``geomloss.SamplesLoss`` (``loss(x, y)``, ``loss(a, x, b, y)``, batches
-``(B, n, d)``), the same conventions (cost ``|x - y|^p / p``, ε = blur^p, debiased Sinkhorn
-divergence, ``potentials=True`` for the dual potentials) and the same values at convergence; the
+``(B, n, d)``), the same conventions (cost ``|x - y|^p / p``, ε = blur^p, ρ = reach^p for
+unbalanced OT, debiased Sinkhorn divergence, ``potentials=True`` for the dual potentials) and
+the same values at convergence; the
 solve is otsolve's Sinkhorn driver (symmetric self-transport terms, ε-scaling from the data's
 diameter, over-relaxation, stopping on a tolerance). Differences: see docs/torch.md.
 
@@ -10,20 +11,37 @@ References
 ----------
 J. Feydy, T. Séjourné, F.-X. Vialard, S. Amari, A. Trouvé, G. Peyré, "Interpolating between
 Optimal Transport and MMD using Sinkhorn Divergences", AISTATS 2019.
+T. Séjourné, J. Feydy, F.-X. Vialard, A. Trouvé, G. Peyré, "Sinkhorn Divergences for Unbalanced
+Optimal Transport", arXiv:1910.12958, 2019.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import torch
 
 from .._validation import check_tol
+from ..problems.marginals import damping
+from ._grad import side_potential, transform_lse
+from ._costs import pairwise_cost
 from .layer import TermInfo, _entropy_term, sinkhorn_divergence
 
 __all__ = ["SamplesLoss"]
 
 _BACKENDS = ("auto", "tensorized", "online", "multiscale")
+
+
+def _reach(v: Any) -> float | None:
+    """GeomLoss's ``reach``: None (or ``inf``) = balanced, else a positive number."""
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.requires_grad:
+        v = float(v.item())
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (float(v) > 0):
+        raise ValueError(f"reach must be a positive number or None (balanced OT), got {v!r}")
+    return None if math.isinf(float(v)) else float(v)
 
 
 def _positive(v: Any, name: str) -> float:
@@ -45,8 +63,11 @@ class SamplesLoss(torch.nn.Module):
     blur : float
         ε = blur^p.
     reach : float, optional
-        Unbalanced OT (KL-relaxed marginals of strength ρ = reach^p). Not available yet:
-        a ValueError says so (use GeomLoss for now).
+        Unbalanced OT: KL-relaxed marginals of strength ρ = reach^p (None: balanced). The value
+        is Séjourné et al.'s unbalanced Sinkhorn divergence (``debias=True``) or GeomLoss's
+        ``OT_ε,ρ`` (see :func:`~otsolve.torch.sinkhorn_divergence`); weights of any total masses
+        are allowed. Gradients are the exact envelope derivatives (GeomLoss's are
+        ``(ρ + ε/2)/(ρ + ε)`` times these; docs/torch.md).
     diameter : float, optional
         First ε of the ε-scaling is diameter^p (default: the clouds' cost range).
     scaling : float in (0, 1)
@@ -100,10 +121,7 @@ class SamplesLoss(torch.nn.Module):
             raise ValueError(f"p must be 1 or 2, got {p!r}")
         self.p = int(p)
         self.blur = _positive(blur, "blur")
-        if reach is not None:
-            raise ValueError("reach (unbalanced OT) is not available in otsolve.torch.SamplesLoss yet; "
-                             "use reach=None (balanced) or GeomLoss")
-        self.reach = None
+        self.reach = _reach(reach)
         self.diameter = None if diameter is None else _positive(diameter, "diameter")
         if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real) or not 0 < scaling < 1:
             raise ValueError(f"scaling must be in (0, 1), got {scaling!r}")
@@ -134,6 +152,11 @@ class SamplesLoss(torch.nn.Module):
     def epsilon(self) -> float:
         return self.blur ** self.p
 
+    @property
+    def rho(self) -> float | None:
+        """ρ = reach^p (None: balanced)."""
+        return None if self.reach is None else self.reach ** self.p
+
     def _cost(self):
         if self.cost is not None:
             return self.cost
@@ -163,30 +186,51 @@ class SamplesLoss(torch.nn.Module):
             x, y, eps, a=a, b=b, cost=self._cost(), debias=self.debias, grad=grad, init=init,
             epsilon_scaling=self.scaling ** self.p, loss_tol=self.loss_tol,
             epsilon_init=None if self.diameter is None else self.diameter ** self.p,
-            return_outputs=True, **opts)
+            return_outputs=True, rho=self.rho, **opts)
         self.last_outputs = {k: TermInfo.of(o) for k, o in outs.items()}
         if not self.potentials:
             return val
-        return self._potentials(outs, a, b, x, eps)
+        return self._potentials(outs, a, b, x, y, eps)
 
-    def _potentials(self, outs, a, b, x, eps):
-        """GeomLoss's (F, G): ``P = a_i b_j exp((F_i + G_j - C_ij)/ε)`` (debias: F = f_xy - f_xx)."""
-        f, g = outs["xy"]._f.detach(), outs["xy"]._g.detach()
-        if self.debias:
-            F, G = f - outs["xx"]._f.detach(), g - outs["yy"]._g.detach()
-        else:
-            B, n, m = f.shape[0], f.shape[1], g.shape[1]
-            la = (torch.full((B, n), 1.0 / n, dtype=f.dtype) if a is None else torch.as_tensor(a, dtype=f.dtype)
-                  .reshape(B, n)).log()
-            lb = (torch.full((B, m), 1.0 / m, dtype=f.dtype) if b is None else torch.as_tensor(b, dtype=f.dtype)
-                  .reshape(B, m)).log()
-            F, G = f - eps * la - 0.5 * eps, g - eps * lb - 0.5 * eps
+    def _potentials(self, outs, a, b, x, y, eps):
+        """GeomLoss's (F, G): ``P = a_i b_j exp((F_i + G_j - C_ij)/ε)``, i.e. ``φ = f − ε log a − ε/2``
+        (debias: ``F = φ_xy − φ_xx``, as GeomLoss). Zero weights get the C-transform of the other
+        side's potential (as GeomLoss's last extrapolation)."""
+        with torch.no_grad():
+            f = outs["xy"]._f.detach()
+            B, n, m = f.shape[0], f.shape[1], outs["xy"]._g.shape[1]
+            xb, yb = (x, y) if x.ndim == 3 else (x.unsqueeze(0), y.unsqueeze(0))
+            xb, yb = xb.detach().to(f.dtype), yb.detach().to(f.dtype)
+
+            def weights(w, k):
+                if w is None:
+                    return torch.full((B, k), 1.0 / k, dtype=f.dtype, device=f.device)
+                return torch.as_tensor(w).detach().to(device=f.device, dtype=f.dtype).reshape(B, k)
+
+            a_, b_ = weights(a, n), weights(b, m)
+            lam = 1.0 if self.rho is None else damping(eps, self.rho)
+            cost = self._cost()
+
+            def phis(k, u, v, X, Y):
+                o = outs[k]
+                fk, gk = o._f.detach(), o._g.detach()
+                lr = lc = None
+                if bool((u == 0).any()) or bool((v == 0).any()):
+                    C = pairwise_cost(X, Y, cost) if callable(cost) else None
+                    lr, lc = transform_lse(fk, gk, eps, C, X, Y, cost)
+                return side_potential(u, fk, eps, lr, lam), side_potential(v, gk, eps, lc, lam)
+
+            F, G = phis("xy", a_, b_, xb, yb)
+            if self.debias:
+                F = F - phis("xx", a_, a_, xb, xb)[0]
+                G = G - phis("yy", b_, b_, yb, yb)[0]
         if x.ndim == 2:
             F, G = F[0], G[0]
         return F, G
 
     def extra_repr(self) -> str:  # noqa: D102
-        return (f"loss='sinkhorn', p={self.p}, blur={self.blur}, scaling={self.scaling}, debias={self.debias}, "
+        unb = "" if self.reach is None else f", reach={self.reach}"
+        return (f"loss='sinkhorn', p={self.p}, blur={self.blur}{unb}, scaling={self.scaling}, debias={self.debias}, "
                 f"potentials={self.potentials}, loss_tol={self.loss_tol}")
 
 
