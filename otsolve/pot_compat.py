@@ -621,12 +621,12 @@ class _UnbalancedInputs:
         return fs[0], gs[0]
 
     # solve --------------------------------------------------------------------------------------
-    def problem(self):
-        rho = dict(rho_a=self.rho_a, rho_b=self.rho_b)
+    def problem(self) -> LinearProblem | BatchedLinearProblem:
         if not self.n_hists:
-            return LinearProblem(self.costs[0], self.a, self.b, epsilon=self.reg, **rho)
+            return LinearProblem(self.costs[0], self.a, self.b, epsilon=self.reg, rho_a=self.rho_a, rho_b=self.rho_b)
         xp = self.xp
-        return BatchedLinearProblem(cost=xp.stack(self.costs), a=self.a, b=xp.ascontiguousarray(self.b.T), epsilon=self.reg, **rho)
+        return BatchedLinearProblem(cost=xp.stack(self.costs), a=self.a, b=xp.ascontiguousarray(self.b.T),
+                                    epsilon=self.reg, rho_a=self.rho_a, rho_b=self.rho_b)
 
     def solve(self):
         solver = Sinkhorn(tol=self.tol, max_iter=self.max_iter, warn=False, **self.opts)
