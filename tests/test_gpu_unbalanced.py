@@ -2,6 +2,9 @@
 reference sweeps (:mod:`otsolve.kernels.reference`), converged plans against POT, and the
 driver's GPU solves against its CPU solves.
 
+Unbalanced problems take the translation-invariant step after each update (as the reference),
+so the iterates are compared with the reference's after the same number of updates.
+
 Runs on a CUDA device when CuPy sees one, else on the CPU CUDA emulator (``tests/cuda_emulator``),
 like ``tests/test_gpu.py``.
 """
@@ -117,6 +120,42 @@ def test_iterations_match_numpy_reference(rng, dtype, kind, rho_a, rho_b, omega)
         bal = np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum()
         assert abs(bal - marginals.marginal_residual(P.sum(1), P.sum(0), fr, gr, a.astype(float), b.astype(float),
                                                      eps, rho_a, rho_b)) > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["dense", "pointcloud"])
+@pytest.mark.parametrize("rho_b", [1e3, INF])
+def test_translation_step_keeps_large_rho_fast(rng, kind, rho_b):
+    """rho = 1e3 at eps = 0.1: without the translation-invariant step the mass mode needs ~10^5
+    iterations to 1e-10; with it each problem of a batch of two (one with zero weights) converges
+    in < 1000, and its iterate and error history are the NumPy reference's."""
+    B, n, m, eps, tol, rho_a = 2, 12, 10, 0.1, 1e-10, 1e3
+    data = [_data(rng, n, m, 2, np.float64, zero_weights=(p == 1), unequal=True) for p in range(B)]
+    xs, ys, As, Bs = (np.stack(v) for v in zip(*data))
+    if kind == "dense":
+        stacked = ("dense", cp.asarray(((xs[:, :, None] - ys[:, None]) ** 2).sum(-1)))
+    else:
+        stacked = ("pointcloud", cp.asarray(xs), cp.asarray(ys), 0, 1.0)
+    bt = ProblemBatch(None, cp.asarray(As), cp.asarray(Bs), B, n, m, np.dtype(np.float64), cp, stacked, False,
+                      rho_a, rho_b)
+    ks = CudaKernels(bt)
+    f, g = cp.zeros((B, n)), cp.zeros((B, m))
+    its, sts, errs = ks.iterate([0, 1], f, g, eps, [1000, 1000], tol, 1.0)
+    merr, _, _ = ks.measure(f, g, eps, [0, 1])
+    for p, (x, y, a, b) in enumerate(data):
+        assert int(sts[p]) == 0 and int(its[p]) < 1000 and min(errs[p]) <= tol
+        # the GPU stops at a check after the error fell to tol: compare the same number of updates
+        with np.errstate(divide="ignore"):
+            la, lb = np.log(a), np.log(b)
+        fr, gr = np.zeros(n), np.zeros(m)
+        k = int(its[p])
+        _, _, err_ref = ref.sinkhorn_dense(_cost64(x, y), la, lb, fr, gr, eps, k, 0.0, 0, 1.0, rho_a, rho_b)
+        # |t| ~ rho log(A/B) / 2 ~ 100: potentials that large round at ~1e-14, i.e. ~1e-13 of mass
+        np.testing.assert_allclose(errs[p], err_ref, rtol=1e-8, atol=2e-12)
+        fg, gg = f.get()[p], g.get()[p]
+        np.testing.assert_array_equal(np.isneginf(fg), a == 0)
+        np.testing.assert_allclose(fg[a > 0], fr[a > 0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(gg[b > 0], gr[b > 0], rtol=0, atol=1e-9)
+        assert merr[p] <= tol
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -89,6 +89,16 @@ __device__ __forceinline__ double marginal_target(double w, double lw, double po
   return w * exp(x);
 }
 
+// Optimal shift t of (f + t, g - t) for the dual of the unbalanced problem from the total target
+// masses A = sum a~(f), B = sum b~(g): log(A/B) / (1/rho_a + 1/rho_b) (translation-invariant
+// Sinkhorn, Sejourne, Vialard, Peyre, AISTATS 2022; otsolve.problems.marginals.translation);
+// 0 when both sides are balanced or a mass is 0 / non-finite.
+__device__ __forceinline__ double translation(double mass_a, double mass_b, double rho_a, double rho_b) {
+  const double k = 1.0 / rho_a + 1.0 / rho_b;
+  if (k == 0.0 || !(mass_a > 0.0 && mass_b > 0.0) || mass_a == dpinf() || mass_b == dpinf()) return 0.0;
+  return log(mass_a / mass_b) / k;
+}
+
 // Result of one row (or column) of a pass, written by its finishing thread.
 //   mode 0 (update): pot <- pot + omega (pot_sinkhorn - pot) with the block maximiser
 //     pot_sinkhorn = eps (log w + 1/2 + lam (1/2 - lse)), lam = 1/(1 + eps/rho): the balanced
@@ -99,11 +109,14 @@ __device__ __forceinline__ double marginal_target(double w, double lw, double po
 //     (column pass; zero for omega = 1, since the exact block update makes the mass equal the
 //     target; relaxed, with r = (p_new - sink)/eps: mass = target(sink) exp(r) and
 //     target(p_new) = target(sink) exp(-r eps/rho), so |mass - target| = target(p_new) |expm1(r/lam)|).
+//     `line_mass` (mode 0 with result_err, may be null): receives the line's mass after the
+//     update (its target after an exact step; exp(p_new/eps - 1 + lse) after a relaxed one), for
+//     the column error of the translated iterate of unbalanced problems (translate_pass).
 //   mode 1 (marginal): mass_out = exp(pot/eps - 1 + lse), cost_out = <C, P> of that line
 template <typename T>
 __device__ __forceinline__ double finish_line(int mode, double lse, double tsum_over_s, T* pot, i64 idx,
                                               const T* logw, T eps, T omega, double rho, int result_err,
-                                              T* mass_out, double* cost_out) {
+                                              T* mass_out, double* cost_out, double* line_mass) {
   const double e = (double)eps;
   const double p_old = (double)pot[idx];
   double ex = p_old / e - 1.0 + lse;
@@ -114,6 +127,7 @@ __device__ __forceinline__ double finish_line(int mode, double lse, double tsum_
     const double w = exp(lw);
     if (lw == dninf()) {
       pot[idx] = (T)dninf();
+      if (line_mass) line_mass[idx] = 0.0;
       return result_err ? 0.0 : mass;
     }
     const double lam = 1.0 / (1.0 + e / rho);  // exactly 1 for rho = inf
@@ -123,7 +137,15 @@ __device__ __forceinline__ double finish_line(int mode, double lse, double tsum_
     const double p_new = relax ? p_old + om * (sink - p_old) : sink;
     pot[idx] = (T)p_new;
     if (!result_err) return fabs(mass - marginal_target(w, lw, p_old, e, rho));
-    if (!relax) return 0.0;
+    if (!relax) {
+      if (line_mass) line_mass[idx] = marginal_target(w, lw, p_new, e, rho);  // exact step
+      return 0.0;
+    }
+    if (line_mass) {
+      double xn = p_new / e - 1.0 + lse;
+      if (xn > (double)Tr<T>::max_log()) xn = (double)Tr<T>::max_log();
+      line_mass[idx] = exp(xn);
+    }
     double r = (p_new - sink) / e / lam;
     if (r > (double)Tr<T>::max_log()) r = (double)Tr<T>::max_log();
     return marginal_target(w, lw, p_new, e, rho) * fabs(expm1(r));
@@ -149,6 +171,29 @@ __device__ __forceinline__ void block_atomic_add(double v, double* out) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     if (lane == 0 && v != 0.0) atomicAdd(out, v);  // NaN != 0: divergence reaches the host
   }
+}
+
+// Sum of `v` over the block, returned to every thread (blockDim.x*blockDim.y <= 1024). Every
+// thread of the block must call it (it has barriers).
+__device__ __forceinline__ double block_sum(double v) {
+  __shared__ double red[33];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  const int nthreads = blockDim.x * blockDim.y;
+  const int lane = tid & 31, warp = tid >> 5;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = (lane < (nthreads + 31) / 32) ? red[lane] : 0.0;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0) red[32] = v;
+  }
+  __syncthreads();
+  const double out = red[32];
+  __syncthreads();  // `red` is reused by the next call
+  return out;
 }
 
 }  // namespace otsolve_cuda

@@ -12,6 +12,13 @@
 // The row pass measures the L1 marginal error of the iterate entering it (its columns are exact
 // after the previous column pass), so stopping costs no extra pass.
 //
+// Unbalanced problems (either rho finite): after each column pass, translate_pass shifts the
+// potentials by the optimal translation (f + t, g - t) (translation-invariant Sinkhorn, Sejourne,
+// Vialard, Peyre, AISTATS 2022; t from the total target masses, see `translation` in
+// otsolve_common.cuh), which leaves the plan unchanged and removes the slow mass mode; the column
+// pass keeps each column's resulting mass (`line_mass`) so that the column error carried to the
+// next row pass is recomputed exactly for the shifted iterate.
+//
 // Batching: every array has a leading problem axis (B problems of one size, contiguous) and the
 // kernels run only over `active` problem ids (grid.y / grid.z), so finished problems cost nothing.
 // Mode 1 computes marginals (and <C,P> per row) of the plan of (f, g) without updating them.
@@ -50,7 +57,7 @@ __global__ void row_pass_dense(const T* __restrict__ C, const T* __restrict__ ot
     if (lane == 0) {
       const double ts = (st.s > 0.0) ? st.t / st.s : 0.0;
       err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * n + i, logw, eps, omega[p], rho, 0, mass_out,
-                           with_cost ? cost_out : (double*)0);
+                           with_cost ? cost_out : (double*)0, (double*)0);
     }
   }
   if (mode == 0) block_atomic_add(err, err_out + p);
@@ -98,13 +105,14 @@ __global__ void col_partial_dense(const T* __restrict__ C, const T* __restrict__
 }
 
 // One thread per (column, active problem): merge the chunk partials and finish the column.
+// keep_mass (mode 0): each column's mass after the update goes to line_mass (B, m).
 template <typename T>
 __global__ void col_finalize(const T* __restrict__ part_mx, const double* __restrict__ part_s,
                              const double* __restrict__ part_t, int nchunk, const T* __restrict__ logw,
                              T* __restrict__ pot, const T* __restrict__ omega, const int* __restrict__ active,
                              int n_active, i64 m, T eps, double rho,
                              int mode, int with_cost, double* __restrict__ err_out, T* __restrict__ mass_out,
-                             double* __restrict__ cost_out) {
+                             double* __restrict__ cost_out, int keep_mass, double* __restrict__ line_mass) {
   const i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x;
   const int z = blockIdx.y;
   if (z >= n_active) return;
@@ -119,7 +127,7 @@ __global__ void col_finalize(const T* __restrict__ part_mx, const double* __rest
     }
     const double ts = (st.s > 0.0) ? st.t / st.s : 0.0;
     err = finish_line<T>(mode, st.value(), ts, pot, (i64)p * m + j, logw, eps, omega[p], rho, 1, mass_out,
-                         with_cost ? cost_out : (double*)0);
+                         with_cost ? cost_out : (double*)0, keep_mass ? line_mass : (double*)0);
   }
   if (mode == 0 && err_out) block_atomic_add(err, err_out + p);
 }
@@ -129,7 +137,8 @@ __global__ void col_finalize(const T* __restrict__ part_mx, const double* __rest
 // coalesced). The column pass is the same kernel with the roles of x and y swapped.
 // R rows per warp share each loaded y coordinate (R x less L2 traffic); coordinates of the R
 // rows live in registers when d <= DMAX (compile-time indices only), else they are re-read.
-// kind 0: scale * ||x - y||^2, kind 1: scale * ||x - y||.
+// kind 0: scale * ||x - y||^2, kind 1: scale * ||x - y||. keep_mass (column pass, mode 0): each
+// line's mass after the update goes to line_mass (B, n).
 #define OTS_DMAX 4
 #define OTS_R 4
 template <typename T>
@@ -138,7 +147,8 @@ __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict
                                     const T* __restrict__ omega, const int* __restrict__ active, i64 n, i64 m,
                                     T eps, double rho, int mode, int with_cost, int result_err,
                                     double* __restrict__ err_out, T* __restrict__ mass_out,
-                                    double* __restrict__ cost_out) {
+                                    double* __restrict__ cost_out, int keep_mass,
+                                    double* __restrict__ line_mass) {
   const int p = active[blockIdx.y];
   const int lane = threadIdx.x & 31;
   const i64 i0 = ((i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * OTS_R;
@@ -200,11 +210,65 @@ __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict
       if (lane == 0 && i0 + r < n) {
         const double ts = (st[r].s > 0.0) ? st[r].t / st[r].s : 0.0;
         err += finish_line<T>(mode, st[r].value(), ts, pot, (i64)p * n + i0 + r, logw, eps, omega[p], rho,
-                              result_err, mass_out, with_cost ? cost_out : (double*)0);
+                              result_err, mass_out, with_cost ? cost_out : (double*)0,
+                              keep_mass ? line_mass : (double*)0);
       }
     }
   }
   if (mode == 0) block_atomic_add(err, err_out + p);
+}
+
+// ---- unbalanced: translation-invariant step ------------------------------------------------
+// One block per active problem (grid.x), after a column pass that kept the column masses:
+//   A = sum_i a~_i(f), B = sum_j b~_j(g) (targets of the updated potentials; a balanced side's
+//   target is its weights), t = translation(A, B, rho_a, rho_b) (0 if a mass is 0 / not finite),
+//   f <- f + t, g <- g - t on the finite entries (the plan is unchanged), and
+//   err_out[p] = sum_j |col_mass_j - b~_j(g)|, the exact column error of the shifted iterate
+//   (replacing the column pass's, which was measured before the shift; the next row pass adds
+//   its rows to it).
+template <typename T>
+__global__ void translate_pass(T* __restrict__ f, T* __restrict__ g, const T* __restrict__ log_a,
+                               const T* __restrict__ log_b, const double* __restrict__ col_mass,
+                               const int* __restrict__ active, i64 n, i64 m, T eps, double rho_a, double rho_b,
+                               double* __restrict__ err_out) {
+  const int p = active[blockIdx.x];
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const double e = (double)eps;
+  T* fp = f + (i64)p * n;
+  T* gp = g + (i64)p * m;
+  const T* la = log_a + (i64)p * n;
+  const T* lb = log_b + (i64)p * m;
+  double sa = 0.0, sb = 0.0;
+  for (i64 i = tid; i < n; i += nt) {
+    const double lw = (double)la[i];
+    if (lw != dninf()) sa += marginal_target(exp(lw), lw, (double)fp[i], e, rho_a);
+  }
+  for (i64 j = tid; j < m; j += nt) {
+    const double lw = (double)lb[j];
+    if (lw != dninf()) sb += marginal_target(exp(lw), lw, (double)gp[j], e, rho_b);
+  }
+  sa = block_sum(sa);
+  sb = block_sum(sb);
+  const double t = translation(sa, sb, rho_a, rho_b);
+  if (t != 0.0) {  // each thread shifts the entries it alone reads below
+    for (i64 i = tid; i < n; i += nt) {
+      const double v = (double)fp[i];
+      if (v > dninf() && v < dpinf()) fp[i] = (T)(v + t);
+    }
+    for (i64 j = tid; j < m; j += nt) {
+      const double v = (double)gp[j];
+      if (v > dninf() && v < dpinf()) gp[j] = (T)(v - t);
+    }
+  }
+  double err = 0.0;
+  const double* cm = col_mass + (i64)p * m;
+  for (i64 j = tid; j < m; j += nt) {
+    const double lw = (double)lb[j];
+    const double tg = (lw == dninf()) ? 0.0 : marginal_target(exp(lw), lw, (double)gp[j], e, rho_b);
+    err += fabs(cm[j] - tg);
+  }
+  err = block_sum(err);
+  if (tid == 0) err_out[p] = err;
 }
 
 #ifdef OTSOLVE_NVCC_CHECK
@@ -216,10 +280,12 @@ __global__ void row_pass_pointcloud(const T* __restrict__ X, const T* __restrict
                                                 double*, double*);                                    \
   template __global__ void col_finalize<T>(const T*, const double*, const double*, int, const T*, T*,     \
                                            const T*, const int*, int, i64, T, double, int, int, double*, T*,  \
-                                           double*);                                          \
+                                           double*, int, double*);                            \
   template __global__ void row_pass_pointcloud<T>(const T*, const T*, int, int, T, const T*, const T*, T*, \
                                                   const T*, const int*, i64, i64, T, double, int, int, int, double*, \
-                                                  T*, double*);
+                                                  T*, double*, int, double*);                                 \
+  template __global__ void translate_pass<T>(T*, T*, const T*, const T*, const double*, const int*, i64, i64, T, \
+                                             double, double, double*);
 OTS_INST(float)
 OTS_INST(double)
 #endif

@@ -27,6 +27,7 @@ KERNELS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("col_partial_dense", ()),
         ("col_finalize", ()),
         ("row_pass_pointcloud", ()),
+        ("translate_pass", ()),
     ],
     "sns.cu": [
         ("topk_rows_dense", ("8",)),

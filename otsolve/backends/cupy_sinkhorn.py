@@ -115,6 +115,7 @@ class CudaSinkhornEngine:
             self.k_colf = get_kernel("sinkhorn.cu", "col_finalize", t)
         else:
             self.k_pc = get_kernel("sinkhorn.cu", "row_pass_pointcloud", t)
+        self.k_tr = get_kernel("sinkhorn.cu", "translate_pass", t)
         self._parts: dict[tuple[int, int], tuple] = {}
         self._scratch_err = None
         # per-problem over-relaxation factor (1 = plain Sinkhorn), read by the update passes
@@ -159,15 +160,18 @@ class CudaSinkhornEngine:
                                               self.T(geo.scale), g, logw, f, self.omega, act, np.int64(geo.n),
                                               np.int64(geo.m), self.T(eps), np.float64(rho), np.int32(mode), wc,
                                               np.int32(0),
-                                              err, mass, cost))
+                                              err, mass, cost, np.int32(0), self._dummy_d))
 
     def col_pass(self, f, g, log_b, eps, active, mode=0, err_out=None, mass_out=None, cost_out=None,
-                 rho: float = math.inf):
+                 rho: float = math.inf, line_mass=None):
         """Columns: g from f (mode 0; adds the L1 column error of the *resulting* iterate, zero
-        without over-relaxation), or column marginals into ``mass_out`` (mode 1)."""
+        without over-relaxation; each column's resulting mass goes to ``line_mass`` (B, m)
+        float64 when given), or column marginals into ``mass_out`` (mode 1)."""
         geo = self.geo
         cp = self.cp
         logw, err, mass, cost, wc = self._buffers(mode, log_b, err_out, mass_out, cost_out)
+        keep = np.int32(line_mass is not None and mode == 0)
+        lm = line_mass if keep else self._dummy_d
         if not geo.dense:  # symmetric roles: the row kernel on (y, x)
             for act in self._slices(active):
                 grid = (math.ceil(geo.m / 32), int(act.size), 1)
@@ -175,7 +179,7 @@ class CudaSinkhornEngine:
                                               self.T(geo.scale), f, logw, g, self.omega, act, np.int64(geo.m),
                                               np.int64(geo.n), self.T(eps), np.float64(rho), np.int32(mode), wc,
                                               np.int32(1),
-                                              err, mass, cost))
+                                              err, mass, cost, keep, lm))
             return
         for act in self._slices(active):
             na = int(act.size)
@@ -194,7 +198,20 @@ class CudaSinkhornEngine:
                                                        self.T(eps), np.int32(rpc), wc, pmx, ps, pt))
             self.k_colf((math.ceil(geo.m / 256), na, 1), (256, 1, 1),
                         (pmx, ps, pt, np.int32(nchunk), logw, g, self.omega, act, np.int32(na), np.int64(geo.m),
-                         self.T(eps), np.float64(rho), np.int32(mode), wc, err, mass, cost))
+                         self.T(eps), np.float64(rho), np.int32(mode), wc, err, mass, cost, keep, lm))
+
+    def translate(self, f, g, log_a, log_b, eps, active, col_mass, err_out, rho_a: float, rho_b: float):
+        """Translation-invariant step of unbalanced problems (Séjourné, Vialard, Peyré, AISTATS
+        2022), all on the device: per active problem, ``t`` =
+        :func:`~otsolve.problems.marginals.translation` of the total target masses of (f, g),
+        ``f += t``, ``g -= t`` (finite entries; the plan is unchanged), and ``err_out[p]`` set to
+        the exact column error of the shifted iterate from the column masses ``col_mass`` (B, m)
+        that the preceding :meth:`col_pass` kept (``line_mass``)."""
+        geo = self.geo
+        for act in self._slices(active):
+            self.k_tr((int(act.size), 1, 1), (256, 1, 1), (f, g, log_a, log_b, col_mass, act, np.int64(geo.n),
+                                                           np.int64(geo.m), self.T(eps), np.float64(rho_a),
+                                                           np.float64(rho_b), err_out))
 
     # -- statistics of the plan --------------------------------------------------------------
     def plan_stats(self, f, g, eps, active):
@@ -249,6 +266,11 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
     :func:`check_interval`) after its error falls to ``tol`` (its id leaves the launch list) or
     turns non-finite (diverged). ``omega``: over-relaxation (1 plain, None adaptive per problem). ``budgets``
     (aligned with ``active_ids``): each problem's own iteration budget (default ``max_iter``).
+
+    Unbalanced problems (either ρ finite) take the translation-invariant step after each column
+    pass (:meth:`CudaSinkhornEngine.translate`, as :func:`otsolve.kernels.reference.sinkhorn_dense`):
+    the potentials are shifted by ``(+t, -t)`` on the device, and the carried column error is
+    recomputed exactly for the shifted iterate from the column masses the pass kept.
     """
     cp = engine.cp
     geo = engine.geo
@@ -273,6 +295,8 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
         dev = cp.abs(col.astype(cp.float64) - target).sum(axis=1)
         carry[...] = cp.where(cp.isfinite(dev), dev, cp.inf)
         carry[cp.asarray(np.setdiff1d(np.arange(B), active))] = 0
+    unbalanced = not (math.isinf(rho_a) and math.isinf(rho_b))
+    col_mass = cp.zeros((B, geo.m), dtype=cp.float64) if unbalanced and active.size else None
     it = 0
     ramp = 1  # first checks after 1, 2, 4, ... iterations: a warm start stops after one
     while active.size:
@@ -284,7 +308,10 @@ def sinkhorn_loop(engine: CudaSinkhornEngine, log_a, log_b, f, g, eps: float, ma
         act_d = cp.asarray(active)
         for q in range(k):
             engine.row_pass(f, g, log_a, eps, act_d, 0, err_out=buf[q], rho=rho_a)      # rows of iterate q
-            engine.col_pass(f, g, log_b, eps, act_d, 0, err_out=buf[q + 1], rho=rho_b)  # columns of q + 1
+            engine.col_pass(f, g, log_b, eps, act_d, 0, err_out=buf[q + 1], rho=rho_b,  # columns of q + 1
+                            line_mass=col_mass)
+            if unbalanced:  # (f + t, g - t); buf[q + 1] becomes the shifted iterate's column error
+                engine.translate(f, g, log_a, log_b, eps, act_d, col_mass, buf[q + 1], rho_a, rho_b)
         it += k
         host = buf.get()
         carry = buf[k].copy()
