@@ -105,7 +105,9 @@ def test_random_problems_match_pot(seed, reg, rm1, rm2, n, m):
     P, lp = pot(ot.unbalanced.sinkhorn_unbalanced, a, b, M, reg, (rm1, rm2), log=True)
     Q, lo = ours(sinkhorn_unbalanced, a, b, M, reg, (rm1, rm2), log=True, stopThr=1e-12)
     np.testing.assert_allclose(Q, P, atol=1e-9, rtol=0)
-    np.testing.assert_allclose(lo["total_cost"], lp["total_cost"], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(lo["cost"], lp["cost"], rtol=1e-8, atol=1e-10)
+    # POT's total_cost is 0 at the optimum here (no mass terms; both sides relaxed): first order in the residual
+    np.testing.assert_allclose(lo["total_cost"], lp["total_cost"], atol=1e-8)
 
 
 def test_balanced_limit(prob):
