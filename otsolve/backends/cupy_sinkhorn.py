@@ -208,8 +208,9 @@ class CudaSinkhornEngine:
         the exact column error of the shifted iterate from the column masses ``col_mass`` (B, m)
         that the preceding :meth:`col_pass` kept (``line_mass``)."""
         geo = self.geo
+        threads = 1024 if geo.n + geo.m > 16384 else 256  # one block per problem: wider for long lines
         for act in self._slices(active):
-            self.k_tr((int(act.size), 1, 1), (256, 1, 1), (f, g, log_a, log_b, col_mass, act, np.int64(geo.n),
+            self.k_tr((int(act.size), 1, 1), (threads, 1, 1), (f, g, log_a, log_b, col_mass, act, np.int64(geo.n),
                                                            np.int64(geo.m), self.T(eps), np.float64(rho_a),
                                                            np.float64(rho_b), err_out))
 
