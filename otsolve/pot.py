@@ -9,8 +9,8 @@ its ``log["result"]`` holds otsolve's :class:`~otsolve.OTResult` with ``converge
 Sinkhorn, exact OT through POT's network simplex, SNS with ``method="sns"``), and so does
 entropic unbalanced OT with KL marginal penalties (``solve(..., reg>0, unbalanced=...)``); what
 otsolve has no solver for (other unbalanced types, unregularized unbalanced OT, other
-regularizers, sliced / Gaussian / low-rank sample solvers, ``c=`` for balanced OT, torch
-gradients of unbalanced OT) is forwarded to POT itself, so every call still works. Arrays of any
+regularizers, sliced / Gaussian / low-rank sample solvers, ``c=`` for balanced OT) is forwarded
+to POT itself, so every call still works. Arrays of any
 library come back in that library, device and dtype; torch values are differentiable. See
 ``docs/pot.md``.
 """
@@ -229,9 +229,10 @@ def solve(M, a=None, b=None, reg=None, c=None, reg_type="KL", unbalanced=None, u
     Sinkhorn through :func:`sinkhorn_unbalanced` (POT calls its ``sinkhorn_knopp_unbalanced``
     there): ``value`` is POT's ``total_cost``, ``value_linear`` the linear cost ``<M, P>``,
     ``potentials`` POT's ``(log u, log v)``, ``tol`` (default 1e-9) as that function's
-    ``stopThr``. Other unbalanced types (``"L2"``, ``"TV"``), unregularized unbalanced OT,
-    ``c`` for balanced OT, other ``reg_type`` and torch inputs that require grad for unbalanced
-    OT (unless ``grad="detach"``) are forwarded to POT's ``ot.solve``.
+    ``stopThr``; torch values and plans are differentiable (implicit gradients, the limit of POT's
+    autodiff there, whatever ``grad`` unless ``"detach"``). Other unbalanced types (``"L2"``,
+    ``"TV"``), unregularized unbalanced OT, ``c`` for balanced OT and other ``reg_type`` are
+    forwarded to POT's ``ot.solve``.
     """
     if _unbalanced_kl(M, a, b, reg, c, reg_type, unbalanced, unbalanced_type, method, grad):
         return _solve_unbalanced(M, a, b, reg, c, unbalanced, potentials_init, max_iter, tol, verbose, grad)
@@ -301,7 +302,7 @@ def _unbalanced_kl(M, a, b, reg, c, reg_type, unbalanced, unbalanced_type, metho
             return False
     except (TypeError, ValueError):
         return False
-    return grad == "detach" or not _arrays.requires_grad(M, a, b, c)
+    return True
 
 
 def _solve_unbalanced(M, a, b, reg, c, unbalanced, potentials_init, max_iter, tol, verbose, grad):

@@ -475,10 +475,9 @@ class _UnbalancedInputs:
                              f"got {reg_type!r}")
         self.reg_type = reg_type.lower()
         self.info = _arrays.array_info(*(x for x in (M, a, b, c) if not _arrays.is_empty(x)))
-        if _arrays.requires_grad(a, b, M, c):
-            raise NotImplementedError(
-                "gradients through unbalanced Sinkhorn are not supported by otsolve yet: pass detached "
-                "tensors (x.detach()), or use POT's ot.unbalanced.sinkhorn_unbalanced for autodiff")
+        # torch tensors that require grad: solved by the torch layer (same core driver, implicit gradients)
+        self.grad = _arrays.requires_grad(a, b, M, c)
+        self.raw = (a, b, M, c)
         Mc = _arrays.to_core(M)
         if Mc.ndim != 2:
             raise ValueError(f"M must be a 2-D cost matrix of shape (len(a), len(b)), got shape {tuple(Mc.shape)}")
@@ -551,22 +550,11 @@ class _UnbalancedInputs:
         return cc
 
     def _costs(self):
-        """The cost(s) of otsolve's problem: M itself for the reference a⊗b, else
-        ``M + reg (log a_i + log b_j - log r_ij)`` (one (n, m) cost per histogram)."""
-        if self.c is None:
-            return [self.M]
-        xp = self.xp
-        la = xp.log(xp.where(self.a > 0, self.a, 1.0))
-        cols = [self.b[:, k] for k in range(self.n_hists)] if self.n_hists else [self.b]
-        out = []
-        for bk in cols:
-            lb = xp.log(xp.where(bk > 0, bk, 1.0))
-            shift = la[:, None] + lb[None, :]
-            if not isinstance(self.c, str):
-                ab = (self.a[:, None] > 0) & (bk[None, :] > 0)
-                shift = shift - xp.where(ab, xp.log(xp.where(ab, self.c, 1.0)), 0.0)
-            out.append(self.M + self.M.dtype.type(self.reg) * shift.astype(self.M.dtype, copy=False))
-        return out
+        return _equivalent_costs(self.xp, self.M, self.a, self.columns(self.b), self.c, self.reg)
+
+    def columns(self, b) -> list:
+        """The target histogram(s) as a list of (m,) arrays."""
+        return [b[:, k] for k in range(self.n_hists)] if self.n_hists else [b]
 
     def _tol(self, stopThr, mass_a: float, mass_b) -> float:
         """POT's stopThr (relative change of the scalings) as otsolve's tol (L1 residual of the
@@ -632,6 +620,60 @@ class _UnbalancedInputs:
         solver = Sinkhorn(tol=self.tol, max_iter=self.max_iter, warn=False, **self.opts)
         return solver(self.problem(), init=self.inits)
 
+    def solve_torch(self):
+        """The same problem through :func:`otsolve.torch.sinkhorn` (the core driver; the plan is
+        differentiable in ``a``, ``b``, ``M``, ``c`` by implicit differentiation of the optimality
+        conditions, the limit of POT's unrolled autodiff). Returns (SinkhornOutput, torch arrays)."""
+        import torch  # noqa: PLC0415
+
+        from .torch import sinkhorn as torch_sinkhorn  # noqa: PLC0415
+
+        a, b, M, c = self.raw
+        Mt = torch.as_tensor(M)
+        dt = Mt.dtype if Mt.is_floating_point() else torch.float64
+        Mt, dev = Mt.to(dt), Mt.device
+        n, m = Mt.shape
+        at = torch.full((n,), 1.0 / n, dtype=dt, device=dev) if _arrays.is_empty(a) else torch.as_tensor(a).to(dt)
+        bt = torch.full((m,), 1.0 / m, dtype=dt, device=dev) if _arrays.is_empty(b) else torch.as_tensor(b).to(dt)
+        ct = self.c if self.c is None or isinstance(self.c, str) else torch.as_tensor(c).to(dt)
+        cols = self.columns(bt)
+        costs = _equivalent_costs(torch, Mt, at, cols, ct, self.reg)
+        init = self.inits
+        if init is not None:
+            init = tuple(torch.as_tensor(x, dtype=dt, device=dev) for x in init)
+        scaling = self.opts.get("epsilon_scaling")
+        scaling = (0.5 if scaling is True else float(scaling)) if scaling else None
+        kw = dict(grad="implicit", tol=self.tol, max_iter=self.max_iter, epsilon_scaling=scaling, init=init,
+                  rho_a=self.rho_a, rho_b=self.rho_b, compiled=bool(self.opts.get("compiled", True)),
+                  n_threads=int(self.opts.get("n_threads", 0)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # reported POT's way by the caller
+            if self.n_hists:
+                K = self.n_hists
+                out = torch_sinkhorn(at.unsqueeze(0).expand(K, n), bt.T, torch.stack(costs), self.reg, **kw)
+            else:
+                out = torch_sinkhorn(at, bt, costs[0], self.reg, **kw)
+        return out, dict(xp=torch, M=Mt, a=at, cols=cols, c=ct)
+
+
+def _equivalent_costs(xp, M, a, cols, c, reg: float) -> list:
+    """The cost(s) of otsolve's problem for POT's reference ``c``: M itself for ``a⊗b`` (c None),
+    else ``M + reg (log a_i + log b_j - log c_ij)`` (c = "ones": the reference 1), one (n, m) cost
+    per histogram; entries where ``a_i b_j = 0`` get no shift (their plan entries are 0 anyway).
+    NumPy, CuPy or torch (differentiable) arrays."""
+    if c is None:
+        return [M]
+    la = xp.log(xp.where(a > 0, a, 1.0))
+    out = []
+    for bk in cols:
+        lb = xp.log(xp.where(bk > 0, bk, 1.0))
+        shift = la[:, None] + lb[None, :]
+        if not isinstance(c, str):
+            ab = (a[:, None] > 0) & (bk[None, :] > 0)
+            shift = shift - xp.where(ab, xp.log(xp.where(ab, c, 1.0)), 0.0)
+        out.append(M + reg * shift)
+    return out
+
 
 def _kl_pot(xp, p, q):
     """POT's ``nx.kl_div(p, q)`` = Σ p log(p/q + 1e-16) (no mass terms), with 0 log 0 = 0 (POT: NaN)."""
@@ -644,34 +686,45 @@ def _kl_pot(xp, p, q):
 class _UnbalancedOutcome:
     """Plan(s), POT's costs and log of a solved :class:`_UnbalancedInputs`."""
 
-    def __init__(self, p: _UnbalancedInputs, res):
-        self.p, self.res = p, res
-        xp, multi = p.xp, bool(p.n_hists)
-        self.plans = res.plan  # (n, m) or (K, n, m), core arrays
-        if multi:
+    def __init__(self, p: _UnbalancedInputs, res, arrays: dict | None = None):
+        """``res``: the core's OTResult (core arrays), or the torch layer's SinkhornOutput with
+        ``arrays`` (its torch ``M``, ``a``, ``cols``, ``c``; the plan and costs then differentiable)."""
+        self.p, self.res, self.torch = p, res, arrays is not None
+        if arrays is None:
+            arrays = dict(xp=p.xp, M=p.M, a=p.a, cols=p.columns(p.b), c=p.c)
+        self.xp, self.M, self.a, self.cols, self.c = (arrays[k] for k in ("xp", "M", "a", "cols", "c"))
+        multi = bool(p.n_hists)
+        self.plans = res.plan  # (n, m) or (K, n, m)
+        if self.torch:
+            self.converged = np.atleast_1d(res.converged.detach().cpu().numpy()).astype(bool)
+            self.n_iters = np.atleast_1d(res.n_iter.detach().cpu().numpy())
+            self.errors = np.atleast_1d(res.marginal_error.detach().cpu().double().numpy())
+            self.history = [float(self.errors.max())]
+            self.diverged = ~np.isfinite(self.errors)
+        elif multi:
             self.converged = np.asarray(res.converged_each, dtype=bool)
             self.n_iters = np.asarray(res.n_iter_each)
             self.errors = np.asarray(res.marginal_errors, dtype=float)
-            self.linear = xp.einsum("ij,kij->k", p.M, self.plans)
         else:
             self.converged = np.array([res.converged])
             self.n_iters = np.array([res.n_iter])
             self.errors = np.array([res.marginal_error])
-            self.linear = (p.M * self.plans).sum()
-        self.diverged = np.atleast_1d(np.asarray(getattr(res, "status_each", res.status)) == "diverged")
+        if not self.torch:
+            self.history = [float(e) for e in res.errors]
+            self.diverged = np.atleast_1d(np.asarray(getattr(res, "status_each", res.status)) == "diverged")
+        self.linear = self.xp.einsum("ij,kij->k", self.M, self.plans) if multi else (self.M * self.plans).sum()
 
     def total(self):
         """POT's ``total_cost``: <M, P> + reg kl(P, r) + reg_m1 kl(P1, a) + reg_m2 kl(Pᵀ1, b)
         (``kl`` without mass terms, as POT computes it), one per histogram."""
-        p, xp = self.p, self.p.xp
+        p, xp, a, c = self.p, self.xp, self.a, self.c
         plans = self.plans if p.n_hists else self.plans[None]
-        cols = [p.b[:, k] for k in range(p.n_hists)] if p.n_hists else [p.b]
         out = []
-        for k, (P, bk) in enumerate(zip(plans, cols)):
-            r = (p.a[:, None] * bk[None, :] if p.c is None else xp.ones_like(P) if isinstance(p.c, str) else p.c)
-            t = (p.M * P).sum() + p.reg * _kl_pot(xp, P, r)
+        for P, bk in zip(plans, self.cols):
+            r = a[:, None] * bk[None, :] if c is None else xp.ones_like(P) if isinstance(c, str) else c
+            t = (self.M * P).sum() + p.reg * _kl_pot(xp, P, r)
             if np.isfinite(p.rho_a):
-                t = t + p.rho_a * _kl_pot(xp, P.sum(1), p.a)
+                t = t + p.rho_a * _kl_pot(xp, P.sum(1), a)
             if np.isfinite(p.rho_b):
                 t = t + p.rho_b * _kl_pot(xp, P.sum(0), bk)
             out.append(t)
@@ -681,7 +734,7 @@ class _UnbalancedOutcome:
         p = self.p
         if verbose:
             print("{:5s}|{:12s}".format("It.", "Err") + "\n" + "-" * 19)
-            hist = list(self.res.errors)
+            hist = self.history
             for i, e in enumerate(hist):
                 if i % 10 == 0 or i == len(hist) - 1:
                     print("{:5d}|{:8e}|".format(i, e))
@@ -696,16 +749,23 @@ class _UnbalancedOutcome:
     def value(self, x):
         """A cost (0-d, or (K,)) in the caller's library: a NumPy scalar for NumPy input, as POT."""
         p = self.p
+        if self.torch:
+            return x  # already the caller's tensor (differentiable)
         if p.info.library == "numpy" and not p.n_hists:
             return p.dtype.type(_arrays.to_numpy(x))
         return _arrays.from_core(x, p.info)
+
+    def plan_out(self):
+        """The plan (one histogram) or the linear costs (several), in the caller's library."""
+        x = self.linear if self.p.n_hists else self.plans
+        return x if self.torch else _arrays.from_core(x, self.p.info)
 
     def log(self) -> dict:
         """POT's log: ``err``, ``logu``, ``logv`` (+ ``cost``, ``total_cost`` for one histogram) and
         otsolve's ``result`` (the OTResult)."""
         p, res = self.p, self.res
         multi = bool(p.n_hists)
-        f = np.asarray(_arrays.to_numpy(res.f), dtype=np.float64)
+        f = np.asarray(_arrays.to_numpy(res.f), dtype=np.float64)  # (detached views for torch)
         g = np.asarray(_arrays.to_numpy(res.g), dtype=np.float64)
         a = _arrays.to_numpy(p.a).astype(np.float64)
         b = _arrays.to_numpy(p.b).astype(np.float64)
@@ -724,7 +784,7 @@ class _UnbalancedOutcome:
         logu = np.stack(lus, 1) if multi else lus[0]
         logv = np.stack(lvs, 1) if multi else lvs[0]
         back = lambda x: _arrays.from_core(x, p.info)  # noqa: E731
-        log: dict[str, Any] = {"err": [float(e) for e in res.errors], "logu": back(logu), "logv": back(logv)}
+        log: dict[str, Any] = {"err": list(self.history), "logu": back(logu), "logv": back(logv)}
         if not multi:
             log["cost"] = self.value(self.linear)
             log["total_cost"] = self.value(self.total())
@@ -734,7 +794,7 @@ class _UnbalancedOutcome:
 
 def _unbalanced(a, b, M, reg, reg_m, method, reg_type, c, warmstart, numItermax, stopThr, verbose, kwargs):
     p = _UnbalancedInputs(a, b, M, reg, reg_m, method, reg_type, c, warmstart, numItermax, stopThr, kwargs)
-    out = _UnbalancedOutcome(p, p.solve())
+    out = _UnbalancedOutcome(p, *p.solve_torch()) if p.grad else _UnbalancedOutcome(p, p.solve())
     out.report(verbose)
     return p, out
 
@@ -812,13 +872,18 @@ def sinkhorn_unbalanced(a, b, M, reg: float, reg_m: Any, method: str = "sinkhorn
     P : array (n, m), or the linear costs (k,) when ``b`` has k columns
     log : dict, only when ``log=True``
 
+    Notes
+    -----
+    Torch tensors that require grad are solved by :func:`otsolve.torch.sinkhorn` (the same core
+    driver) with implicit gradients: the plan, the costs and ``total_cost`` are differentiable in
+    ``a``, ``b``, ``M`` and ``c``, with the gradients POT's autodiff through its iterations
+    converges to (``logu``, ``logv`` are detached).
+
     Raises
     ------
     ValueError
         Unknown ``method`` / ``reg_type``; ``reg <= 0``; ``reg_m <= 0`` or NaN; NaN / inf in ``M``,
         ``a``, ``b``, ``c``; negative weights; both ``reg_m`` infinite with unequal masses.
-    NotImplementedError
-        Torch tensors that require grad (no gradients yet: pass detached tensors).
 
     References
     ----------
@@ -829,7 +894,7 @@ def sinkhorn_unbalanced(a, b, M, reg: float, reg_m: Any, method: str = "sinkhorn
     arXiv:1910.12958 (2019).
     """
     p, out = _unbalanced(a, b, M, reg, reg_m, method, reg_type, c, warmstart, numItermax, stopThr, verbose, kwargs)
-    ret = _arrays.from_core(out.linear, p.info) if p.n_hists else _arrays.from_core(out.plans, p.info)
+    ret = out.plan_out()
     return (ret, out.log()) if log else ret
 
 

@@ -325,8 +325,55 @@ def test_torch_in_torch_out(prob, dtype):
     with pytest.warns(UserWarning, match="KL\\(P \\| 1\\)"):
         costs = sinkhorn_unbalanced2(at, B, Mt, 0.2, 1.0, stopThr=1e-6)
     assert isinstance(costs, torch.Tensor) and costs.shape == (2,) and costs.dtype == td
-    with pytest.raises(NotImplementedError, match="detach"):
-        sinkhorn_unbalanced2(at, bt, Mt.clone().requires_grad_(True), 0.2, 1.0)
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+@pytest.mark.parametrize("reg_type, with_c, returnCost", [("kl", False, "linear"), ("kl", False, "total"),
+                                                          ("entropy", False, "linear"), ("kl", True, "total")])
+def test_torch_gradients_match_pot_autodiff(prob, reg_type, with_c, returnCost):
+    """Tensors that require grad: implicit gradients of the converged plan (otsolve.torch) equal
+    POT's autodiff through its converged iterations."""
+    a, b, M = prob
+    c = np.random.RandomState(6).rand(*M.shape) + 0.1
+
+    def value_and_grads(fn, **kw):
+        ts = [torch.tensor(x, requires_grad=True) for x in ((a, b, M, c) if with_c else (a, b, M))]
+        v = fn(*ts[:3], 0.3, (0.7, 1.5), reg_type=reg_type, c=ts[3] if with_c else None, returnCost=returnCost,
+               **kw)
+        v.backward()
+        return v.item(), [t.grad.numpy() for t in ts]
+
+    v0, g0 = pot(value_and_grads, ot.unbalanced.sinkhorn_unbalanced2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        v1, g1 = value_and_grads(sinkhorn_unbalanced2, stopThr=1e-13)
+    assert v1 == pytest.approx(v0, rel=1e-9, abs=1e-12)
+    for name, x, y in zip("abMc", g1, g0):
+        np.testing.assert_allclose(x, y, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_torch_gradients_plan_and_histograms(prob):
+    a, b, M = prob
+    B = np.random.RandomState(7).rand(M.shape[1], 2)
+    grads = []
+    for mine in (False, True):
+        Mt = torch.tensor(M, requires_grad=True)
+        Bt = torch.tensor(B, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the several-histogram reference notice
+            costs = (sinkhorn_unbalanced2(torch.tensor(a), Bt, Mt, 0.3, 0.8, stopThr=1e-13) if mine else
+                     pot(ot.unbalanced.sinkhorn_unbalanced2, torch.tensor(a), Bt, Mt, 0.3, 0.8))
+        (costs * torch.tensor([1.0, 2.0], dtype=costs.dtype)).sum().backward()
+        grads.append((costs.detach().numpy(), Mt.grad.numpy(), Bt.grad.numpy()))
+    for x, y in zip(*grads):
+        np.testing.assert_allclose(x, y, atol=1e-9)
+    # the plan is differentiable too
+    Mt = torch.tensor(M, requires_grad=True)
+    P, lg = sinkhorn_unbalanced(torch.tensor(a), torch.tensor(b), Mt, 0.3, 0.8, log=True)
+    assert P.requires_grad and lg["total_cost"].requires_grad and bool(lg["result"].converged)
+    P.sum().backward()
+    assert Mt.grad is not None and bool(torch.isfinite(Mt.grad).all())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,12 +428,17 @@ def test_solve_unbalanced_torch(prob):
     ref = opot.solve(M, a, b, reg=0.2, unbalanced=1.0, tol=1e-12)
     assert isinstance(res.plan, torch.Tensor) and isinstance(res.value, torch.Tensor)
     np.testing.assert_allclose(res.plan.numpy(), ref.plan, atol=1e-14)
-    # torch inputs that require grad: POT's autodiff (forwarded), or otsolve with grad="detach"
-    Mg = Mt.clone().requires_grad_(True)
-    fwd = opot.solve(Mg, at, bt, reg=0.2, unbalanced=1.0)
-    fwd.value.backward()
-    assert Mg.grad is not None and (fwd.log is None or "result" not in fwd.log)
-    det = opot.solve(Mg, at, bt, reg=0.2, unbalanced=1.0, grad="detach", tol=1e-12)
+    # torch inputs that require grad: otsolve's implicit gradients = POT's autodiff at convergence
+    grads = []
+    for fn, kw in ((ot.solve, dict(tol=1e-15, max_iter=100000)), (opot.solve, dict(tol=1e-13))):
+        Mg, ag = Mt.clone().requires_grad_(True), at.clone().requires_grad_(True)
+        r = fn(Mg, ag, bt, reg=0.2, unbalanced=(0.5, 2.0), **kw)
+        (r.value + 2 * r.value_linear).backward()
+        grads.append((Mg.grad.numpy(), ag.grad.numpy()))
+    assert "result" in r.log
+    for x, y in zip(*grads):
+        np.testing.assert_allclose(x, y, atol=1e-9)
+    det = opot.solve(Mt.clone().requires_grad_(True), at, bt, reg=0.2, unbalanced=1.0, grad="detach", tol=1e-12)
     assert "result" in det.log and not det.value.requires_grad
 
 
