@@ -503,6 +503,8 @@ class _UnbalancedInputs:
                 check_weights(bc[:, k] if bc.ndim == 2 else bc, m, "b" if bc.ndim == 1 else f"b[:, {k}]")
         self.b = bc
         self.n_hists = int(bc.shape[1]) if bc.ndim == 2 else 0
+        if _arrays.requires_grad(reg):
+            raise ValueError("reg requires grad; no gradient is taken with respect to reg: pass a float")
         self.reg = check_epsilon(reg.item() if hasattr(reg, "item") else reg, "reg")
         self.rho_a, self.rho_b = _reg_m_pair(reg_m)
         self.c = self._reference(c)

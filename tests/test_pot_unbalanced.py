@@ -368,6 +368,9 @@ def test_torch_gradients_plan_and_histograms(prob):
         grads.append((costs.detach().numpy(), Mt.grad.numpy(), Bt.grad.numpy()))
     for x, y in zip(*grads):
         np.testing.assert_allclose(x, y, atol=1e-9)
+    with pytest.raises(ValueError, match="reg requires grad"):
+        sinkhorn_unbalanced2(torch.tensor(a), torch.tensor(b), torch.tensor(M), torch.tensor(0.3, requires_grad=True),
+                             0.8)
     # the plan is differentiable too
     Mt = torch.tensor(M, requires_grad=True)
     P, lg = sinkhorn_unbalanced(torch.tensor(a), torch.tensor(b), Mt, 0.3, 0.8, log=True)
