@@ -19,7 +19,7 @@ from typing import Any
 from .geometry import Geometry, PointCloud
 from .problems import LinearProblem
 from .solvers import OTResult, Sinkhorn, available_methods, register_method, solve
-from .pot_compat import sinkhorn, sinkhorn2
+from .pot_compat import sinkhorn, sinkhorn2, sinkhorn_unbalanced, sinkhorn_unbalanced2
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,8 @@ __all__ = [
     "register_method",
     "sinkhorn",
     "sinkhorn2",
+    "sinkhorn_unbalanced",
+    "sinkhorn_unbalanced2",
     *sorted(_LAZY),
 ]
 

@@ -149,7 +149,7 @@ def test_validation():
     with pytest.raises(ValueError, match="backend"):
         SamplesLoss(backend="gpu")
     with pytest.raises(ValueError, match="reach"):
-        SamplesLoss(reach=1.0)
+        SamplesLoss(reach=0)
     with pytest.raises(ValueError, match="blur"):
         SamplesLoss(blur=0)
     with pytest.raises(ValueError, match="scaling"):

@@ -70,6 +70,8 @@ class BatchedLinearProblem:
         KL relaxation of the marginals, shared by the batch (see :class:`~otsolve.LinearProblem`);
         None / ``inf`` = balanced. A symmetric batch uses ``rho_a`` for both sides.
 
+    Notes
+    -----
     NumPy and CuPy arrays are accepted (not mixed); float32 is kept. Solve with
     :class:`~otsolve.Sinkhorn` (each problem stops at its own tolerance).
     """
