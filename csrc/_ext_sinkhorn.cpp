@@ -116,7 +116,7 @@ static void bind_dtype(nb::module_& m) {
       "sinkhorn_scaling_dense",
       [](Mat<T> C, CVec log_a, CVec log_b, Vec f, Vec g, double eps, long max_iter, double tol,
          int n_threads, nb::ndarray<T, nb::ndim<2>, nb::c_contig, nb::device::cpu> K, double tau,
-         double omega) {
+         double omega, double rho_a, double rho_b) {
         const long n = static_cast<long>(C.shape(0)), mm = static_cast<long>(C.shape(1));
         check_len("log_a", log_a.shape(0), n);
         check_len("f", f.shape(0), n);
@@ -128,13 +128,14 @@ static void bind_dtype(nb::module_& m) {
         {
           nb::gil_scoped_release release;
           st = sinkhorn_scaling_dense(C.data(), n, mm, log_a.data(), log_b.data(), f.data(), g.data(),
-                                      eps, max_iter, tol, n_threads, K.data(), tau, omega);
+                                      eps, max_iter, tol, n_threads, K.data(), tau, omega, rho_a, rho_b);
         }
         raise_if_interrupted(st.status);
         return std::make_tuple(st.n_iter, st.status, st.errors);
       },
       nb::arg("C"), nb::arg("log_a"), nb::arg("log_b"), nb::arg("f"), nb::arg("g"), nb::arg("eps"),
-      nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads"), nb::arg("K"), nb::arg("tau") = 50.0, nb::arg("omega") = 1.0);
+      nb::arg("max_iter"), nb::arg("tol"), nb::arg("n_threads"), nb::arg("K"), nb::arg("tau") = 50.0, nb::arg("omega") = 1.0,
+      nb::arg("rho_a") = kInf, nb::arg("rho_b") = kInf);
   m.def(
       "sinkhorn_dense",
       [](Mat<T> C, CVec log_a, CVec log_b, Vec f, Vec g, double eps, long max_iter, double tol,

@@ -6,6 +6,8 @@
 // When a scaling drifts far from 1 (|log u| or |log v| > tau) it is absorbed into (f, g) and K
 // is rebuilt; a row or column of K whose mass underflowed makes the kernel hand back to the
 // log-domain sweeps (status 3). At exit the scalings are absorbed, so (f, g) are the potentials.
+// Unbalanced problems (finite rho_a / rho_b): damped updates and the translation step, the same
+// iterates as sinkhorn_sweeps (see sinkhorn_scaling_dense_impl).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -40,10 +42,24 @@ void build_gibbs_kernel(const T* C, long n, long m, const double* f, const doubl
 // 4 interrupted (InterruptPoll).
 // errors[k] = L1 marginal error (rows + columns) of the iterate after k updates, as in
 // sinkhorn_sweeps; omega as there (<= 0: adaptive over-relaxation).
-template <typename T>
-SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_a, const double* log_b,
-                                  double* f, double* g, double eps, long max_iter, double tol,
-                                  int n_threads, T* K, double tau, double omega_in = 1.0) {
+//
+// Unb = true: the unbalanced problem (rho_a / rho_b, at least one finite), the same iterates as
+// sinkhorn_sweeps / the NumPy reference sinkhorn_dense. With f = f0 + eps log u (f0 the stored
+// potentials K was built from) and s_i = sum_j K_ij v_j = exp(f0_i/eps - 1 + lse_i), the damped
+// row update f_sink = eps (log a + 1/2 + lam_a (1/2 - lse)) is
+//   log u_sink = lam_a log(a_i / s_i) + (1 - lam_a)(log a_i + 1/2 - f0_i/eps)
+// (lam_a = 1: the balanced u = a / s), the column update likewise with the column sums of the
+// new u; over-relaxation acts on log u. The scalings are kept in the log domain (lu, lv) too,
+// so the potentials f0 + eps lu needed by the marginal targets cost no log. The translation
+// step (f + t, g - t) after each full update shifts the stored f0, g0: K_ij depends on
+// f0_i + g0_j only, so it stays valid. A scaling whose log leaves [-kMaxLogScaling,
+// kMaxLogScaling] (it would overflow / underflow) is handled like an underflowed row/column
+// (status 3). One instantiation per case: the balanced code path is unchanged.
+template <typename T, bool Unb>
+SweepStats sinkhorn_scaling_dense_impl(const T* C, long n, long m, const double* log_a,
+                                       const double* log_b, double* f, double* g, double eps,
+                                       long max_iter, double tol, int n_threads, T* K, double tau,
+                                       double omega_in, double rho_a, double rho_b) {
   const int nt = resolve_threads(n_threads, n * m);
   std::vector<double> a(n), b(m), u(n, 1.0), v(m, 1.0), u_new(n), colsum(m), col_in(m);
   for (long i = 0; i < n; ++i) a[i] = std::exp(log_a[i]);
@@ -53,8 +69,34 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
   const double tiny = 1e-280;
   Relaxation relax(omega_in);
   SweepStats st;
+  // unbalanced only: log scalings, column masses after the column step, damping per side
+  constexpr double kMaxLogScaling = 700.0;
+  const bool unb_a = Unb && std::isfinite(rho_a), unb_b = Unb && std::isfinite(rho_b);
+  const double lam_a = damping(eps, rho_a), lam_b = damping(eps, rho_b);
+  const double inv_eps = 1.0 / eps;
+  std::vector<double> lu(Unb ? n : 0, 0.0), lu_new(Unb ? n : 0), lv(Unb ? m : 0, 0.0),
+      col_after(Unb ? m : 0);
+  auto row_target = [&](long i) {  // a~_i of the current iterate (f0 + eps lu)
+    return unb_a ? marginal_target(a[i], log_a[i], f[i] + eps * lu[i], eps, rho_a) : a[i];
+  };
+  auto col_target = [&](long j) {
+    return unb_b ? marginal_target(b[j], log_b[j], g[j] + eps * lv[j], eps, rho_b) : b[j];
+  };
 
   auto absorb = [&]() {
+    if constexpr (Unb) {
+      for (long i = 0; i < n; ++i) {
+        if (lu[i] != 0.0) f[i] += eps * lu[i];
+        u[i] = 1.0;
+        lu[i] = 0.0;
+      }
+      for (long j = 0; j < m; ++j) {
+        if (lv[j] != 0.0) g[j] += eps * lv[j];
+        v[j] = 1.0;
+        lv[j] = 0.0;
+      }
+      return;
+    }
     for (long i = 0; i < n; ++i) {
       if (u[i] != 1.0) f[i] += eps * std::log(u[i]);
       u[i] = 1.0;
@@ -96,7 +138,11 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
         double s = 0.0;
 #pragma omp simd reduction(+ : s)
         for (long j = 0; j < m; ++j) s += static_cast<double>(k[j]) * vv[j];
-        err += std::fabs(u[i] * s - a[i]);
+        if constexpr (Unb) {
+          err += std::fabs(u[i] * s - row_target(i));
+        } else {
+          err += std::fabs(u[i] * s - a[i]);
+        }
         if (first) {
           const double ui = u[i];
 #pragma omp simd
@@ -105,10 +151,31 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
         if (!(s > tiny) || !std::isfinite(s)) {
           bad_rows += (a[i] > 0.0);
           u_new[i] = (a[i] > 0.0) ? u[i] : 0.0;
+          if constexpr (Unb) lu_new[i] = (a[i] > 0.0) ? lu[i] : -INFINITY;
           continue;
         }
-        double ui = a[i] / s;
-        if (w != 1.0 && ui > 0.0) ui = std::exp((1.0 - w) * std::log(u[i]) + w * std::log(ui));
+        double ui;
+        if constexpr (Unb) {
+          if (!(a[i] > 0.0)) {
+            u_new[i] = 0.0;
+            lu_new[i] = -INFINITY;
+            continue;
+          }
+          const double lr = log_a[i] - std::log(s);  // log(a_i / s_i)
+          double l = unb_a ? lam_a * lr + (1.0 - lam_a) * (log_a[i] + 0.5 - f[i] * inv_eps) : lr;
+          if (w != 1.0 && std::isfinite(lu[i]) && std::isfinite(f[i])) l = lu[i] + w * (l - lu[i]);
+          if (!(std::fabs(l) <= kMaxLogScaling)) {  // u would overflow / underflow: hand back
+            bad_rows += 1;
+            u_new[i] = u[i];
+            lu_new[i] = lu[i];
+            continue;
+          }
+          lu_new[i] = l;
+          ui = std::exp(l);
+        } else {
+          ui = a[i] / s;
+          if (w != 1.0 && ui > 0.0) ui = std::exp((1.0 - w) * std::log(u[i]) + w * std::log(ui));
+        }
         u_new[i] = ui;
         if (ui != 0.0) {
 #pragma omp simd
@@ -128,7 +195,11 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
     }
     if (first) {
       col_err = 0.0;
-      for (long j = 0; j < m; ++j) col_err += std::fabs(v[j] * col_in[j] - b[j]);
+      if constexpr (Unb) {
+        for (long j = 0; j < m; ++j) col_err += std::fabs(v[j] * col_in[j] - col_target(j));
+      } else {
+        for (long j = 0; j < m; ++j) col_err += std::fabs(v[j] * col_in[j] - b[j]);
+      }
     }
     err += col_err;
     st.errors.push_back(err);
@@ -144,24 +215,75 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
     }
     // v update; columns with underflowed mass also hand back to the log-domain sweeps
     bool bad_col = false, far = false;
-    for (long i = 0; i < n; ++i) {
-      u[i] = u_new[i];
-      far |= u[i] > 0.0 && std::fabs(std::log(u[i])) > tau;
-    }
     double cerr = 0.0;
-    for (long j = 0; j < m; ++j) {
-      if (!(colsum[j] > tiny) || !std::isfinite(colsum[j])) {
-        if (b[j] > 0.0) bad_col = true;
-        v[j] = (b[j] > 0.0) ? v[j] : 0.0;
-        continue;
+    if constexpr (Unb) {
+      for (long i = 0; i < n; ++i) {
+        u[i] = u_new[i];
+        lu[i] = lu_new[i];
+        far |= std::fabs(lu[i]) > tau && std::isfinite(lu[i]);
       }
-      double vj = b[j] / colsum[j];
-      if (w != 1.0 && vj > 0.0) {
-        vj = std::exp((1.0 - w) * std::log(v[j]) + w * std::log(vj));
-        cerr += std::fabs(vj * colsum[j] - b[j]);
+      for (long j = 0; j < m; ++j) {
+        if (!(colsum[j] > tiny) || !std::isfinite(colsum[j])) {
+          if (b[j] > 0.0) bad_col = true;
+          v[j] = (b[j] > 0.0) ? v[j] : 0.0;
+          lv[j] = (b[j] > 0.0) ? lv[j] : -INFINITY;
+          col_after[j] = v[j] * colsum[j];
+          continue;
+        }
+        if (!(b[j] > 0.0)) {
+          v[j] = 0.0;
+          lv[j] = -INFINITY;
+          col_after[j] = 0.0;
+          continue;
+        }
+        const double lr = log_b[j] - std::log(colsum[j]);  // log(b_j / colsum_j)
+        double l = unb_b ? lam_b * lr + (1.0 - lam_b) * (log_b[j] + 0.5 - g[j] * inv_eps) : lr;
+        if (w != 1.0 && std::isfinite(lv[j]) && std::isfinite(g[j])) l = lv[j] + w * (l - lv[j]);
+        if (!(std::fabs(l) <= kMaxLogScaling)) {  // v would overflow / underflow: hand back
+          bad_col = true;
+          col_after[j] = v[j] * colsum[j];
+          continue;
+        }
+        lv[j] = l;
+        v[j] = std::exp(l);
+        col_after[j] = v[j] * colsum[j];  // column mass of the updated plan
+        far |= std::fabs(l) > tau;
       }
-      v[j] = vj;
-      far |= vj > 0.0 && std::fabs(std::log(vj)) > tau;
+    } else {
+      for (long i = 0; i < n; ++i) {
+        u[i] = u_new[i];
+        far |= u[i] > 0.0 && std::fabs(std::log(u[i])) > tau;
+      }
+      for (long j = 0; j < m; ++j) {
+        if (!(colsum[j] > tiny) || !std::isfinite(colsum[j])) {
+          if (b[j] > 0.0) bad_col = true;
+          v[j] = (b[j] > 0.0) ? v[j] : 0.0;
+          continue;
+        }
+        double vj = b[j] / colsum[j];
+        if (w != 1.0 && vj > 0.0) {
+          vj = std::exp((1.0 - w) * std::log(v[j]) + w * std::log(vj));
+          cerr += std::fabs(vj * colsum[j] - b[j]);
+        }
+        v[j] = vj;
+        far |= vj > 0.0 && std::fabs(std::log(vj)) > tau;
+      }
+    }
+    if constexpr (Unb) {
+      if (!bad_col) {
+        // Translation-invariant step (f + t, g - t), t from the total target masses of the
+        // updated potentials (translation()); stored in f0, g0: K and the plan are unchanged.
+        // The column error carried to the next iteration is that of the shifted iterate.
+        double mass_a = 0.0, mass_b = 0.0;
+        for (long i = 0; i < n; ++i) mass_a += row_target(i);
+        for (long j = 0; j < m; ++j) mass_b += col_target(j);
+        const double t = translation(mass_a, mass_b, rho_a, rho_b);
+        if (t != 0.0) {
+          for (long i = 0; i < n; ++i) f[i] += t;
+          for (long j = 0; j < m; ++j) g[j] -= t;
+        }
+        for (long j = 0; j < m; ++j) cerr += std::fabs(col_after[j] - col_target(j));
+      }
     }
     col_err = cerr;
     st.omegas.push_back(w);
@@ -187,6 +309,21 @@ SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_
   st.status = 1;
   absorb();
   return st;
+}
+
+// rho_a / rho_b: strengths of KL-relaxed marginals (inf = hard constraint, the balanced problem,
+// which runs the balanced instantiation unchanged).
+template <typename T>
+SweepStats sinkhorn_scaling_dense(const T* C, long n, long m, const double* log_a, const double* log_b,
+                                  double* f, double* g, double eps, long max_iter, double tol,
+                                  int n_threads, T* K, double tau, double omega_in = 1.0,
+                                  double rho_a = std::numeric_limits<double>::infinity(),
+                                  double rho_b = std::numeric_limits<double>::infinity()) {
+  if (std::isfinite(rho_a) || std::isfinite(rho_b))
+    return sinkhorn_scaling_dense_impl<T, true>(C, n, m, log_a, log_b, f, g, eps, max_iter, tol,
+                                                n_threads, K, tau, omega_in, rho_a, rho_b);
+  return sinkhorn_scaling_dense_impl<T, false>(C, n, m, log_a, log_b, f, g, eps, max_iter, tol,
+                                               n_threads, K, tau, omega_in, rho_a, rho_b);
 }
 
 }  // namespace otsolve

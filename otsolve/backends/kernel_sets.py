@@ -117,8 +117,8 @@ class HostKernels:
         nm_bytes = batch.n * batch.m * itemsize
         # point clouds: materialise the costs that fit (cost + kernel: 2 n m entries each)
         self._materialise = mode == "scaling" or (mode == "auto" and 2 * nm_bytes * batch.B <= self.kernel_memory)
-        # the kernel-domain (scaling) mode is balanced only: unbalanced problems use log sweeps
-        self._use_scaling = batch.balanced and (mode == "scaling" or (mode == "auto" and nm_bytes <= self.kernel_memory))
+        # the kernel-domain (scaling) mode, balanced or unbalanced (damped updates there too)
+        self._use_scaling = mode == "scaling" or (mode == "auto" and nm_bytes <= self.kernel_memory)
         # unbalanced: the kernels take the marginal strengths (balanced calls keep the old arity)
         self._rho: tuple = () if batch.balanced else (batch.rho_a, batch.rho_b)
         self._operands: dict[int, tuple[str, tuple]] = {}
@@ -164,7 +164,7 @@ class HostKernels:
             work = None if (log_sweeps or kind != "dense") else self._scaling_workspace(args[0])
             if work is not None:
                 it, st, e = self.K.sinkhorn_scaling_dense(args[0], la, lb, fp, gp, eps, int(budget), tol,
-                                                          self.n_threads, work, 50.0, om)
+                                                          self.n_threads, work, 50.0, om, *self._rho)
             else:
                 run = self.K.sinkhorn_dense if kind == "dense" else self.K.sinkhorn_pointcloud
                 it, st, e = run(*args, la, lb, fp, gp, eps, int(budget), tol, self.n_threads, om, *self._rho)

@@ -171,10 +171,12 @@ def sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega
     return max_iter, 1, errors
 
 
-def sinkhorn_scaling_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads, K, tau=50.0, omega=1.0):
+def sinkhorn_scaling_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads, K, tau=50.0, omega=1.0,
+                           rho_a=np.inf, rho_b=np.inf):
     """Reference of the stabilized kernel-domain kernel: the same iterates as ``sinkhorn_dense``
-    (absorption only changes how they are stored). Status 3 (underflow) never happens here."""
-    return sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads, omega)
+    (absorption only changes how they are stored), balanced or unbalanced (``rho_a``, ``rho_b``).
+    Status 3 (underflow) never happens here."""
+    return sinkhorn_dense(C, log_a, log_b, f, g, eps, max_iter, tol, n_threads, omega, rho_a, rho_b)
 
 
 def sinkhorn_pointcloud(X, YT, kind, scale, log_a, log_b, f, g, eps, max_iter, tol, n_threads=0, omega=1.0,
