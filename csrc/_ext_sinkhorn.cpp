@@ -12,6 +12,7 @@
 #include "sinkhorn_kernels.hpp"
 #include "sinkhorn_scaling.hpp"
 #include "symmetric_kernels.hpp"
+#include "plan_grad_kernels.hpp"
 
 namespace nb = nanobind;
 using namespace otsolve;
@@ -212,6 +213,27 @@ static void bind_dtype(nb::module_& m) {
       },
       nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("f"), nb::arg("g"),
       nb::arg("eps"), nb::arg("row"), nb::arg("col"), nb::arg("n_threads") = 0);
+  m.def(
+      "plan_cost_grad_pointcloud",
+      [](Mat<T> X, Mat<T> YT, int kind, double scale, CVec f, CVec g, double eps,
+         nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu> gx,
+         nb::ndarray<double, nb::ndim<2>, nb::c_contig, nb::device::cpu> gy, bool need_x, bool need_y,
+         int n_threads) {
+        const PointCloudCost<T> cost = cloud<T>(X, YT, kind, scale);
+        check_len("f", f.shape(0), cost.n);
+        check_len("g", g.shape(0), cost.m);
+        if (need_x && (static_cast<long>(gx.shape(0)) != cost.n || static_cast<long>(gx.shape(1)) != cost.d))
+          throw std::invalid_argument("gx must have the shape of X");
+        if (need_y && (static_cast<long>(gy.shape(0)) != cost.m || static_cast<long>(gy.shape(1)) != cost.d))
+          throw std::invalid_argument("gy must have the shape of Y (m, d)");
+        {
+          nb::gil_scoped_release release;
+          plan_cost_gradients(cost, f.data(), g.data(), eps, gx.data(), gy.data(), need_x, need_y, n_threads);
+        }
+      },
+      nb::arg("X"), nb::arg("YT"), nb::arg("kind"), nb::arg("scale"), nb::arg("f"), nb::arg("g"),
+      nb::arg("eps"), nb::arg("gx"), nb::arg("gy"), nb::arg("need_x") = true, nb::arg("need_y") = true,
+      nb::arg("n_threads") = 0);
 }
 
 NB_MODULE(_ext_sinkhorn, m) {

@@ -1,6 +1,7 @@
 """Stored-kernel symmetric Sinkhorn (csrc/symmetric_kernels.hpp) against its NumPy reference and
 the log-domain symmetric kernel: same iterates, errors, statuses, also through absorptions,
-underflow hand-backs to the log sweeps, zero weights and spent budgets."""
+underflow hand-backs to the log sweeps, zero weights and spent budgets. The fused envelope
+gradient in the points (csrc/plan_grad_kernels.hpp) against its reference and torch autograd."""
 from __future__ import annotations
 
 import numpy as np
@@ -101,3 +102,70 @@ def test_bad_shapes_are_refused():
         K.symmetric_scaling_dense(C, la, np.zeros(10), 0.1, 10, 1e-6, 1, np.empty((9, 9)), 50.0)
     with pytest.raises(ValueError, match="f has length"):
         K.symmetric_scaling_dense(C, la, np.zeros(9), 0.1, 10, 1e-6, 1, np.empty_like(C), 50.0)
+
+
+# -- envelope gradient in the points (csrc/plan_grad_kernels.hpp) -------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind, scale", [(0, 0.5), (0, 1.0), (1, 1.0)])
+@pytest.mark.parametrize("need", [(True, True), (True, False), (False, True)])
+def test_plan_cost_grad_matches_reference(dtype, kind, scale, need):
+    K = _compiled()
+    rng = np.random.default_rng(4)
+    n, m, d, eps = 37, 29, 3, 0.05
+    X = rng.standard_normal((n, d)).astype(dtype)
+    Y = rng.standard_normal((m, d)).astype(dtype)
+    X[5] = Y[7]  # a zero distance (the euclidean weight is 0 there)
+    YT = np.ascontiguousarray(Y.T)
+    f, g = rng.standard_normal(n) * 0.1, rng.standard_normal(m) * 0.1
+    out = {}
+    for name, fn in (("compiled", K.plan_cost_grad_pointcloud), ("reference", reference.plan_cost_grad_pointcloud)):
+        gx, gy = np.full((n, d), np.nan), np.full((m, d), np.nan)
+        fn(X, YT, kind, scale, f, g, eps, gx, gy, need[0], need[1], 1)
+        out[name] = (gx, gy)
+    for k in range(2):
+        if need[k]:
+            np.testing.assert_allclose(out["compiled"][k], out["reference"][k], rtol=1e-9, atol=1e-12)
+        else:  # not requested: left untouched
+            assert np.isnan(out["compiled"][k]).all()
+
+
+def test_plan_cost_grad_is_the_gradient_of_the_transport_cost():
+    """Against autograd of <P, C(x, y)> at the fixed plan (torch, float64)."""
+    torch = pytest.importorskip("torch")
+    K = _compiled()
+    rng = np.random.default_rng(5)
+    n, m, d, eps = 20, 25, 2, 0.1
+    X, Y = rng.standard_normal((n, d)), rng.standard_normal((m, d))
+    f, g = rng.standard_normal(n) * 0.1, rng.standard_normal(m) * 0.1
+    for kind, scale in ((0, 0.5), (1, 1.0)):
+        xt = torch.tensor(X, requires_grad=True)
+        yt = torch.tensor(Y, requires_grad=True)
+        D2 = ((xt[:, None] - yt[None]) ** 2).sum(-1)
+        C = scale * (D2 if kind == 0 else D2.sqrt())
+        P = torch.exp((torch.tensor(f)[:, None] + torch.tensor(g)[None] - C.detach()) / eps - 1.0)
+        (P * C).sum().backward()
+        gx, gy = np.empty((n, d)), np.empty((m, d))
+        K.plan_cost_grad_pointcloud(X, np.ascontiguousarray(Y.T), kind, scale, f, g, eps, gx, gy, True, True, 1)
+        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(gy, yt.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_plan_cost_grad_threads_agree_and_shapes_are_checked():
+    K = _compiled()
+    rng = np.random.default_rng(6)
+    n, m, d = 700, 800, 3  # above the automatic threading threshold of the kernels
+    X, Y = rng.standard_normal((n, d)), rng.standard_normal((m, d))
+    YT = np.ascontiguousarray(Y.T)
+    f, g = np.zeros(n), np.zeros(m)
+    res = []
+    for nt in (1, 2):
+        gx, gy = np.empty((n, d)), np.empty((m, d))
+        K.plan_cost_grad_pointcloud(X, YT, 0, 0.5, f, g, 1.0, gx, gy, True, True, nt)
+        res.append((gx, gy))
+    np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="gx must have"):
+        K.plan_cost_grad_pointcloud(X, YT, 0, 0.5, f, g, 1.0, np.empty((n, 2)), np.empty((m, d)), True, True, 1)
+    with pytest.raises(ValueError, match="g has length"):
+        K.plan_cost_grad_pointcloud(X, YT, 0, 0.5, f, g[:-1], 1.0, np.empty((n, d)), np.empty((m, d)), True, True, 1)

@@ -30,6 +30,7 @@ __all__ = [
     "Relaxation",
     "plan_stats_dense",
     "plan_stats_pointcloud",
+    "plan_cost_grad_pointcloud",
     "pointcloud_cost",
 ]
 
@@ -227,6 +228,26 @@ def symmetric_scaling_dense(C, log_a, f, eps, max_iter, tol, n_threads, K, tau=5
     ``f = f0 + eps log u`` with ``K = exp((f0 ⊕ f0 - C)/eps - 1)`` and updates without exp
     (``u <- sqrt(u a / (K u))``). ``K`` is the workspace (unused here)."""
     return symmetric_dense(C, log_a, f, eps, max_iter, tol, n_threads)
+
+
+def plan_cost_grad_pointcloud(X, YT, kind, scale, f, g, eps, gx, gy, need_x=True, need_y=True, n_threads=0):
+    """Envelope gradients of ``Σ P_ij C_ij`` in the points at the fixed plan
+    ``P = exp((f ⊕ g - C)/eps - 1)`` (csrc/plan_grad_kernels.hpp): fills ``gx`` (n, d) with
+    ``Σ_j w_ij (x_i - y_j)`` and ``gy`` (m, d) with ``Σ_i w_ij (y_j - x_i)``, where
+    ``w = 2 scale P`` (kind 0, squared distances) or ``scale P / |x_i - y_j|`` (kind 1; 0 at x_i = y_j)."""
+    X64 = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(YT, dtype=np.float64).T
+    C = pointcloud_cost(X, YT, kind, scale)
+    W = np.exp((f[:, None] + g[None, :] - C) / eps - 1.0)
+    if kind == 0:
+        W = W * (2.0 * scale)
+    else:
+        D = C / scale
+        W = np.where(D > 0, W * scale / np.where(D > 0, D, 1.0), 0.0)
+    if need_x:
+        gx[:] = W.sum(1)[:, None] * X64 - W @ Y
+    if need_y:
+        gy[:] = W.sum(0)[:, None] * Y - W.T @ X64
 
 
 def plan_stats_dense(C, f, g, eps, row, col, n_threads=0):
