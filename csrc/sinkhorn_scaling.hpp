@@ -76,12 +76,22 @@ SweepStats sinkhorn_scaling_dense_impl(const T* C, long n, long m, const double*
   const double inv_eps = 1.0 / eps;
   std::vector<double> lu(Unb ? n : 0, 0.0), lu_new(Unb ? n : 0), lv(Unb ? m : 0, 0.0),
       col_after(Unb ? m : 0);
-  auto row_target = [&](long i) {  // a~_i of the current iterate (f0 + eps lu)
-    return unb_a ? marginal_target(a[i], log_a[i], f[i] + eps * lu[i], eps, rho_a) : a[i];
+  // marginal targets of the current iterate (f0 + eps lu, g0 + eps lv): a relaxed side's
+  // w exp(-(pot - eps log w - eps/2)/rho) (as marginal_target(), vectorized), else the weights
+  std::vector<double> ta(Unb ? a : std::vector<double>()), tb(Unb ? b : std::vector<double>());
+  auto targets = [eps](std::vector<double>& t, const std::vector<double>& w, const double* log_w,
+                       const double* pot, const std::vector<double>& lsc, double rho) {
+    const long len = static_cast<long>(t.size());
+#pragma omp simd
+    for (long i = 0; i < len; ++i) {
+      const double x = std::min(-(pot[i] + eps * lsc[i] - eps * log_w[i] - 0.5 * eps) / rho, 700.0);
+      t[i] = w[i] > 0.0 ? w[i] * fast_exp(x) : 0.0;
+    }
   };
-  auto col_target = [&](long j) {
-    return unb_b ? marginal_target(b[j], log_b[j], g[j] + eps * lv[j], eps, rho_b) : b[j];
-  };
+  if constexpr (Unb) {
+    if (unb_a) targets(ta, a, log_a, f, lu, rho_a);
+    if (unb_b) targets(tb, b, log_b, g, lv, rho_b);
+  }
 
   auto absorb = [&]() {
     if constexpr (Unb) {
@@ -139,7 +149,7 @@ SweepStats sinkhorn_scaling_dense_impl(const T* C, long n, long m, const double*
 #pragma omp simd reduction(+ : s)
         for (long j = 0; j < m; ++j) s += static_cast<double>(k[j]) * vv[j];
         if constexpr (Unb) {
-          err += std::fabs(u[i] * s - row_target(i));
+          err += std::fabs(u[i] * s - ta[i]);
         } else {
           err += std::fabs(u[i] * s - a[i]);
         }
@@ -196,7 +206,7 @@ SweepStats sinkhorn_scaling_dense_impl(const T* C, long n, long m, const double*
     if (first) {
       col_err = 0.0;
       if constexpr (Unb) {
-        for (long j = 0; j < m; ++j) col_err += std::fabs(v[j] * col_in[j] - col_target(j));
+        for (long j = 0; j < m; ++j) col_err += std::fabs(v[j] * col_in[j] - tb[j]);
       } else {
         for (long j = 0; j < m; ++j) col_err += std::fabs(v[j] * col_in[j] - b[j]);
       }
@@ -274,15 +284,20 @@ SweepStats sinkhorn_scaling_dense_impl(const T* C, long n, long m, const double*
         // Translation-invariant step (f + t, g - t), t from the total target masses of the
         // updated potentials (translation()); stored in f0, g0: K and the plan are unchanged.
         // The column error carried to the next iteration is that of the shifted iterate.
+        // The targets move with the shift (a~(f + t) = a~(f) e^{-t/rho_a}): recomputed after it.
+        if (unb_a) targets(ta, a, log_a, f, lu, rho_a);
+        if (unb_b) targets(tb, b, log_b, g, lv, rho_b);
         double mass_a = 0.0, mass_b = 0.0;
-        for (long i = 0; i < n; ++i) mass_a += row_target(i);
-        for (long j = 0; j < m; ++j) mass_b += col_target(j);
+        for (long i = 0; i < n; ++i) mass_a += ta[i];
+        for (long j = 0; j < m; ++j) mass_b += tb[j];
         const double t = translation(mass_a, mass_b, rho_a, rho_b);
         if (t != 0.0) {
           for (long i = 0; i < n; ++i) f[i] += t;
           for (long j = 0; j < m; ++j) g[j] -= t;
+          if (unb_a) targets(ta, a, log_a, f, lu, rho_a);
+          if (unb_b) targets(tb, b, log_b, g, lv, rho_b);
         }
-        for (long j = 0; j < m; ++j) cerr += std::fabs(col_after[j] - col_target(j));
+        for (long j = 0; j < m; ++j) cerr += std::fabs(col_after[j] - tb[j]);
       }
     }
     col_err = cerr;
