@@ -7,7 +7,6 @@ not speed. ``OTSOLVE_CUDA_EMULATOR=1`` forces the emulator even where a GPU is p
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -15,27 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import otsolve
-from otsolve.backends import cupy_available
 import cuda_emulator
 
-EMULATED = os.environ.get("OTSOLVE_CUDA_EMULATOR", "") not in ("", "0") or not cupy_available()
-if EMULATED:
-    if not cuda_emulator.available():
-        pytest.skip("no CUDA device, and the CUDA emulator needs x86-64 and g++", allow_module_level=True)
-    cp = cuda_emulator.modules()["cupy"]
-else:
-    import cupy as cp
-pytestmark = [pytest.mark.gpu]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cupy_backend():
-    """The emulated CuPy is `import cupy` for otsolve while this module's tests run."""
-    if EMULATED:
-        with cuda_emulator.installed():
-            yield
-    else:
-        yield
+EMULATED, cp = cuda_emulator.gpu_test_module()
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cupy_backend")]
 
 from otsolve.backends import BatchedLinearProblem, BatchedSinkhorn  # noqa: E402
 from otsolve.backends.cupy_sinkhorn import CudaGeometry, CudaSinkhornEngine  # noqa: E402

@@ -1,7 +1,6 @@
 """POT front end with CuPy arrays: CuPy in -> CuPy out (a CUDA device, or the CPU CUDA emulator)."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import ot
@@ -9,26 +8,10 @@ import pytest
 
 import otsolve
 import otsolve.pot as opot
-from otsolve.backends import cupy_available
 import cuda_emulator
 
-EMULATED = os.environ.get("OTSOLVE_CUDA_EMULATOR", "") not in ("", "0") or not cupy_available()
-if EMULATED:
-    if not cuda_emulator.available():
-        pytest.skip("no CUDA device, and the CUDA emulator needs x86-64 and g++", allow_module_level=True)
-    cp = cuda_emulator.modules()["cupy"]
-else:  # pragma: no cover - GPU machines
-    import cupy as cp
-pytestmark = [pytest.mark.gpu]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cupy_backend():
-    if EMULATED:
-        with cuda_emulator.installed():
-            yield
-    else:  # pragma: no cover
-        yield
+EMULATED, cp = cuda_emulator.gpu_test_module()
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cupy_backend")]
 
 
 @pytest.fixture

@@ -88,3 +88,29 @@ def installed() -> Iterator[types.ModuleType]:
         yield cp
     finally:
         uninstall()
+
+
+def use_emulator() -> bool:
+    """True when GPU tests must run on the emulator: ``OTSOLVE_CUDA_EMULATOR`` is set, or CuPy
+    sees no CUDA device."""
+    import os  # noqa: PLC0415
+
+    from otsolve.backends import cupy_available  # noqa: PLC0415
+
+    return os.environ.get("OTSOLVE_CUDA_EMULATOR", "") not in ("", "0") or not cupy_available()
+
+
+def gpu_test_module() -> tuple[bool, types.ModuleType]:
+    """``(emulated, cupy)`` for a GPU test module: the real CuPy on a CUDA machine, else the
+    emulated one; skips the whole module when neither can run. Pair it with the ``cupy_backend``
+    fixture of tests/conftest.py (``pytestmark = pytest.mark.usefixtures("cupy_backend")``),
+    which makes the emulated CuPy ``import cupy`` for otsolve while the module's tests run."""
+    import pytest  # noqa: PLC0415
+
+    if not use_emulator():
+        import cupy  # noqa: PLC0415
+
+        return False, cupy
+    if not available():
+        pytest.skip("no CUDA device, and the CUDA emulator needs x86-64 and g++", allow_module_level=True)
+    return True, modules()["cupy"]
