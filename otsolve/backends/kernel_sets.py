@@ -177,8 +177,13 @@ class HostKernels:
         its, sts, errs = [], [], []
         for p, budget in zip(ids, budgets):
             kind, args = self.operands(int(p))
-            run = self.K.symmetric_dense if kind == "dense" else self.K.symmetric_pointcloud
-            it, st, e = run(*args, self.log_a[p], f[p], eps, int(budget), tol, self.n_threads, *self._rho[:1])
+            if kind == "dense" and self._use_scaling and not self._rho:
+                # stored Gibbs kernel: no exp per iteration; hands back to log sweeps on underflow
+                it, st, e = self.K.symmetric_scaling_dense(args[0], self.log_a[p], f[p], eps, int(budget), tol,
+                                                           self.n_threads, self._scaling_workspace(args[0]), 50.0)
+            else:
+                run = self.K.symmetric_dense if kind == "dense" else self.K.symmetric_pointcloud
+                it, st, e = run(*args, self.log_a[p], f[p], eps, int(budget), tol, self.n_threads, *self._rho[:1])
             its.append(it)
             sts.append(st)
             errs.append(list(e))

@@ -69,6 +69,9 @@ def plan_cost_grads(
     """
     B, n, d = x.shape
     m = y.shape[1]
+    if (isinstance(cost, str) and x.device.type == "cpu" and y.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and y.dtype == x.dtype):
+        return _plan_cost_grads_compiled(x, y, cost, f, g, eps, need_x, need_y)
     rows = max(1, min(n, chunk // max(m, 1)))
     gx = torch.zeros_like(x) if need_x else None
     gy = torch.zeros_like(y) if need_y else None
@@ -101,3 +104,28 @@ def plan_cost_grads(
                 if gys is not None:
                     gy += gys
     return gx, gy
+
+
+def _plan_cost_grads_compiled(x, y, cost, f, g, eps, need_x, need_y):
+    """CPU named costs: one fused C++ pass per problem (``plan_cost_grad_pointcloud``), nothing
+    n x m held, float64 accumulation (the float32 torch chunks are off by ~1e-3 relative at small ε
+    and hit torch's slow float32 exp for arguments below -88; measured 0.145 -> 0.011 s at
+    n = 1000, d = 3, blur 0.05, bench/results/torch.md §6)."""
+    import numpy as np  # noqa: PLC0415
+
+    from ..kernels import get_sinkhorn_kernels  # noqa: PLC0415
+
+    K = get_sinkhorn_kernels(True)
+    kind, scale = COSTS[cost]
+    B, n, d = x.shape
+    m = y.shape[1]
+    gx = np.zeros((B, n, d)) if need_x else None
+    gy = np.zeros((B, m, d)) if need_y else None
+    empty = np.zeros((0, d))
+    for p in range(B):
+        K.plan_cost_grad_pointcloud(
+            x[p].detach().contiguous().numpy(), y[p].detach().T.contiguous().numpy(), int(kind), float(scale),
+            f[p].detach().double().contiguous().numpy(), g[p].detach().double().contiguous().numpy(), float(eps),
+            gx[p] if gx is not None else empty, gy[p] if gy is not None else empty, need_x, need_y, 0)
+    return (None if gx is None else torch.from_numpy(gx).to(x.dtype),
+            None if gy is None else torch.from_numpy(gy).to(y.dtype))
