@@ -119,8 +119,6 @@ class HostKernels:
         self._materialise = mode == "scaling" or (mode == "auto" and 2 * nm_bytes * batch.B <= self.kernel_memory)
         # the kernel-domain (scaling) mode, balanced or unbalanced (damped updates there too)
         self._use_scaling = mode == "scaling" or (mode == "auto" and nm_bytes <= self.kernel_memory)
-        # unbalanced: the kernels take the marginal strengths (balanced calls keep the old arity)
-        self._rho: tuple = () if batch.balanced else (batch.rho_a, batch.rho_b)
         self._operands: dict[int, tuple[str, tuple]] = {}
         self._workspace: np.ndarray | None = None
         self._exact: dict = {}
@@ -164,10 +162,12 @@ class HostKernels:
             work = None if (log_sweeps or kind != "dense") else self._scaling_workspace(args[0])
             if work is not None:
                 it, st, e = self.K.sinkhorn_scaling_dense(args[0], la, lb, fp, gp, eps, int(budget), tol,
-                                                          self.n_threads, work, 50.0, om, *self._rho)
+                                                          self.n_threads, work, 50.0, om, self.batch.rho_a,
+                                                          self.batch.rho_b)
             else:
                 run = self.K.sinkhorn_dense if kind == "dense" else self.K.sinkhorn_pointcloud
-                it, st, e = run(*args, la, lb, fp, gp, eps, int(budget), tol, self.n_threads, om, *self._rho)
+                it, st, e = run(*args, la, lb, fp, gp, eps, int(budget), tol, self.n_threads, om, self.batch.rho_a,
+                                self.batch.rho_b)
             its.append(it)
             sts.append(st)
             errs.append(list(e))
@@ -177,13 +177,14 @@ class HostKernels:
         its, sts, errs = [], [], []
         for p, budget in zip(ids, budgets):
             kind, args = self.operands(int(p))
-            if kind == "dense" and self._use_scaling and not self._rho:
+            if kind == "dense" and self._use_scaling and self.batch.balanced:
                 # stored Gibbs kernel: no exp per iteration; hands back to log sweeps on underflow
                 it, st, e = self.K.symmetric_scaling_dense(args[0], self.log_a[p], f[p], eps, int(budget), tol,
                                                            self.n_threads, self._scaling_workspace(args[0]), 50.0)
             else:
                 run = self.K.symmetric_dense if kind == "dense" else self.K.symmetric_pointcloud
-                it, st, e = run(*args, self.log_a[p], f[p], eps, int(budget), tol, self.n_threads, *self._rho[:1])
+                it, st, e = run(*args, self.log_a[p], f[p], eps, int(budget), tol, self.n_threads,
+                                self.batch.rho_a)
             its.append(it)
             sts.append(st)
             errs.append(list(e))

@@ -222,7 +222,7 @@ def run_sinkhorn(solver: "Sinkhorn", kernels, batch: ProblemBatch, eps: float, i
         status_names=np.array([o[1] for o in outcomes]), messages=messages,
         schedule=schedule, tol=tol, tol_each=tol_each, fallbacks=fallbacks, time=elapsed,
         mass=np.array(getattr(kernels, "masses", np.full(B, np.nan)), dtype=np.float64),
-        values=np.array(getattr(kernels, "values", cost + eps * plogp), dtype=np.float64))
+        values=np.array(kernels.values, dtype=np.float64))
 
 
 def kernels_mass(batch: ProblemBatch):
