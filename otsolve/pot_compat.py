@@ -86,6 +86,20 @@ def _check_stop(stopThr: Any, dtype: np.dtype, mass: float) -> float:
     return t
 
 
+def _cost_matrix(M):
+    """``M`` as a non-empty 2-D core array (integers as float64), or a ValueError saying why."""
+    Mc = _arrays.to_core(M)
+    if Mc.ndim != 2:
+        hint = (" For 1-D samples x, y build the cost with otsolve.pot.dist(x.reshape(-1, 1), "
+                "y.reshape(-1, 1)).") if Mc.ndim == 1 else ""
+        raise ValueError(f"M must be a 2-D cost matrix of shape (len(a), len(b)), got shape {tuple(Mc.shape)}.{hint}")
+    if Mc.dtype.kind in "biu":
+        Mc = Mc.astype(np.float64)
+    if Mc.shape[0] == 0 or Mc.shape[1] == 0:
+        raise ValueError(f"M is empty (shape {tuple(Mc.shape)})")
+    return Mc
+
+
 class _Prepared:
     """Inputs of one call in core arrays (NumPy / CuPy) plus what to convert back to."""
 
@@ -94,16 +108,8 @@ class _Prepared:
         self.info = _arrays.array_info(*(x for x in (M, a, b) if not _arrays.is_empty(x)))
         self.grad = _arrays.requires_grad(a, b, M)
         self.inputs = (a, b, M)
-        Mc = _arrays.to_core(M)
-        if Mc.ndim != 2:
-            hint = (" For 1-D samples x, y build the cost with otsolve.pot.dist(x.reshape(-1, 1), "
-                    "y.reshape(-1, 1)).") if Mc.ndim == 1 else ""
-            raise ValueError(f"M must be a 2-D cost matrix of shape (len(a), len(b)), got shape {tuple(Mc.shape)}.{hint}")
-        if Mc.dtype.kind in "biu":
-            Mc = Mc.astype(np.float64)
+        Mc = _cost_matrix(M)
         n, m = Mc.shape
-        if n == 0 or m == 0:
-            raise ValueError(f"M is empty (shape {tuple(Mc.shape)})")
         dt = Mc.dtype
         xp = np if isinstance(Mc, np.ndarray) else _arrays.array_info(Mc).xp
         self.a = xp.full(n, 1.0 / n, dtype=dt) if _arrays.is_empty(a) else _arrays.to_core(a).astype(dt, copy=False)
@@ -478,14 +484,8 @@ class _UnbalancedInputs:
         # torch tensors that require grad: solved by the torch layer (same core driver, implicit gradients)
         self.grad = _arrays.requires_grad(a, b, M, c)
         self.raw = (a, b, M, c)
-        Mc = _arrays.to_core(M)
-        if Mc.ndim != 2:
-            raise ValueError(f"M must be a 2-D cost matrix of shape (len(a), len(b)), got shape {tuple(Mc.shape)}")
-        if Mc.dtype.kind in "biu":
-            Mc = Mc.astype(np.float64)
+        Mc = _cost_matrix(M)
         n, m = Mc.shape
-        if n == 0 or m == 0:
-            raise ValueError(f"M is empty (shape {tuple(Mc.shape)})")
         check_finite(Mc, "M")
         xp = np if isinstance(Mc, np.ndarray) else _arrays._cupy()
         self.xp, self.M, self.dtype = xp, Mc, np.dtype(str(Mc.dtype))
