@@ -155,24 +155,6 @@ __device__ __forceinline__ double finish_line(int mode, double lse, double tsum_
   return 0.0;
 }
 
-// Sum `v` over the block and add it to *out (one atomic per block). blockDim.x*blockDim.y <= 1024.
-__device__ __forceinline__ void block_atomic_add(double v, double* out) {
-  __shared__ double red[32];
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
-  const int nthreads = blockDim.x * blockDim.y;
-  const int lane = tid & 31, warp = tid >> 5;
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = (lane < (nthreads + 31) / 32) ? red[lane] : 0.0;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == 0 && v != 0.0) atomicAdd(out, v);  // NaN != 0: divergence reaches the host
-  }
-}
-
 // Sum of `v` over the block, returned to every thread (blockDim.x*blockDim.y <= 1024). Every
 // thread of the block must call it (it has barriers).
 __device__ __forceinline__ double block_sum(double v) {
@@ -194,6 +176,14 @@ __device__ __forceinline__ double block_sum(double v) {
   const double out = red[32];
   __syncthreads();  // `red` is reused by the next call
   return out;
+}
+
+// Sum `v` over the block and add it to *out (one atomic per block). blockDim.x*blockDim.y <= 1024.
+// Every thread of the block must call it (block_sum has barriers).
+__device__ __forceinline__ void block_atomic_add(double v, double* out) {
+  const double total = block_sum(v);
+  if (threadIdx.x + threadIdx.y * blockDim.x == 0 && total != 0.0)
+    atomicAdd(out, total);  // NaN != 0: divergence reaches the host
 }
 
 }  // namespace otsolve_cuda
