@@ -15,9 +15,9 @@
    accuracy (errors against a tight float64 solve); a 200-step Adam training loop (time per step);
    n = m = 50,000 on the CPU (time, peak RSS); unbalanced OT (``reach``) against GeomLoss (time at
    scaling 0.9, values against GeomLoss at convergence). ``--variants`` of the randn section:
-   otsolve as shipped, and with the symmetric-term changes proposed for issue 15 applied as a
-   monkeypatch (``proposed``: no ε-scaling for the symmetric terms; ``stored``: also their
-   stored-kernel iterations, csrc/symmetric_kernels.hpp).
+   otsolve as shipped; ``proposed``, ``stored``, ``fused`` (the issue-15 changes, measured as
+   monkeypatches before they were merged, now in the package: aliases of ``shipped``) and
+   ``clamped`` (torch-chunk backward with the exponent clamped at -80; not in the package).
 
 Usage: python bench/bench_torch.py [--quick] [--repeats R]
        [--only divergence|implicit|batch|routing|randn|training|large|unbalanced] [--torch-threads T]
@@ -258,31 +258,16 @@ def _ref_divergence(x, y, blur):
 
 
 @contextlib.contextmanager
-def proposed_symmetric(stored_kernel: bool = False, clamped_backward: bool = False, fused_backward: bool = False):
-    """The change proposed for issue 15 (not yet in the package), applied for the duration:
-    the symmetric self-transport terms OT(a, a), OT(b, b) of the divergence are solved at the
-    target ε directly, without ε-scaling (from f = 0 the averaged symmetric update gains a decade
-    of the marginal error every ~3 iterations at any ε: 1-14 iterations to 1e-5 on randn / uniform
-    clouds, against 15-76 sweeps through the ε-schedule). ``stored_kernel``: their iterations
-    also use the stored Gibbs kernel (``symmetric_scaling_dense``, csrc/symmetric_kernels.hpp)
-    where the dense kernel fits in ``kernel_memory``."""
-    import otsolve.torch.layer as lay
-
-    orig = lay._solve
-
-    def _solve(**kw):
-        if kw.get("symmetric"):
-            kw["scaling"] = None
-        return orig(**kw)
-
-    lay._solve = _solve
-    undos = (([_patch_stored_symmetric()] if stored_kernel else [])
-             + ([_patch_clamped_backward()] if clamped_backward else [])
-             + ([_patch_fused_backward()] if fused_backward else []))
+def proposed_symmetric(clamped_backward: bool = False):
+    """Variants measured for issue 15. "proposed" (symmetric terms at the target ε, no ε-scaling;
+    67559ed), "stored" (their iterations on the stored kernel) and "fused" (the fused C++
+    backward) are in the package since e5ec7b4, so they now run as shipped: the names stay so
+    the commands recorded in bench/results/torch.md §6 still run. ``clamped_backward`` (not in the
+    package) replaces the backward by torch row chunks whose exponent is clamped at -80."""
+    undos = [_patch_clamped_backward()] if clamped_backward else []
     try:
         yield
     finally:
-        lay._solve = orig
         for undo in undos:
             undo()
 
@@ -324,101 +309,25 @@ def _patch_clamped_backward():
     return undo
 
 
-def _patch_fused_backward():
-    """The envelope backward in the points through the fused C++ pass ``plan_cost_grad_pointcloud``
-    (csrc/plan_grad_kernels.hpp) for named costs on CPU tensors, instead of the torch row chunks
-    (the integration diff proposed to the torch engineer, applied as a monkeypatch)."""
-    import numpy as np
-
-    import otsolve.torch._costs as costs
-    import otsolve.torch._grad as grad_mod
-    from otsolve.kernels import get_sinkhorn_kernels
-
-    orig = grad_mod.plan_cost_grads
-    K = get_sinkhorn_kernels(True)
-
-    def plan_cost_grads(x, y, cost, f, g, eps, need_x=True, need_y=True, chunk=1 << 22):
-        if not isinstance(cost, str) or x.device.type != "cpu" or not hasattr(K, "plan_cost_grad_pointcloud"):
-            return orig(x, y, cost, f, g, eps, need_x, need_y, chunk)
-        kind, scale = costs.COSTS[cost][:2]
-        B, n, d = x.shape
-        m = y.shape[1]
-        gx = np.zeros((B, n, d)) if need_x else None
-        gy = np.zeros((B, m, d)) if need_y else None
-        empty = np.zeros((0, d))
-        for p in range(B):
-            X = x[p].detach().contiguous().numpy()
-            YT = y[p].detach().T.contiguous().numpy()
-            fp = f[p].detach().to(torch.float64).contiguous().numpy()
-            gp = g[p].detach().to(torch.float64).contiguous().numpy()
-            K.plan_cost_grad_pointcloud(X, YT, int(kind), float(scale), fp, gp, float(eps),
-                                        gx[p] if need_x else empty, gy[p] if need_y else empty,
-                                        need_x, need_y, 0)
-        return (None if gx is None else torch.from_numpy(gx).to(x.dtype),
-                None if gy is None else torch.from_numpy(gy).to(y.dtype))
-
-    grad_mod.plan_cost_grads = plan_cost_grads
-
-    def undo():
-        grad_mod.plan_cost_grads = orig
-    return undo
-
-
-def _patch_stored_symmetric():
-    """HostKernels.iterate_symmetric on the stored kernel for dense operands (the integration
-    diff proposed to the lead, applied as a monkeypatch); returns the undo function."""
-    import numpy as np
-
-    from otsolve.backends import kernel_sets as ks
-
-    orig = ks.HostKernels.iterate_symmetric
-
-    def iterate_symmetric(self, ids, f, eps, budgets, tol):
-        its, sts, errs = [], [], []
-        for p, budget in zip(ids, budgets):
-            kind, args = self.operands(int(p))
-            rho = tuple(getattr(self, "_rho", ()))[:1]  # unbalanced (finite rho): the log kernel
-            if kind == "dense" and self._use_scaling and not (rho and np.isfinite(rho[0])):
-                work = self._scaling_workspace(args[0])
-                it, st, e = self.K.symmetric_scaling_dense(args[0], self.log_a[p], f[p], eps, int(budget), tol,
-                                                           self.n_threads, work, 50.0)
-            else:
-                run = self.K.symmetric_dense if kind == "dense" else self.K.symmetric_pointcloud
-                it, st, e = run(*args, self.log_a[p], f[p], eps, int(budget), tol, self.n_threads, *rho)
-            its.append(it)
-            sts.append(st)
-            errs.append(list(e))
-        return np.asarray(its, dtype=np.int64), np.asarray(sts, dtype=np.int64), errs
-
-    ks.HostKernels.iterate_symmetric = iterate_symmetric
-
-    def undo():
-        ks.HostKernels.iterate_symmetric = orig
-    return undo
-
-
 def _ref_divergence_fast(x, y, blur):
-    """Cheaper reference for large n on a loaded machine: float64 with the proposed symmetric
-    changes (same solution: the symmetric problem is strictly convex; checked against the
-    shipped path to ~1e-7), stopped on a loss tolerance 1e-6 x |value|."""
+    """Cheaper reference for large n on a loaded machine: float64 (the package's symmetric terms
+    at the target ε; checked against the ε-scaled path to ~1e-7), stopped on a loss tolerance
+    1e-6 x |value|."""
     from otsolve.torch import SamplesLoss as OL
 
-    with proposed_symmetric(stored_kernel=True):
-        v0 = float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-5)(x.double(), y.double()))
-        return float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=max(1e-6 * abs(v0), 1e-12),
-                        tol=1e-7, max_iter=20_000)(x.double(), y.double()))
+    v0 = float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-5)(x.double(), y.double()))
+    return float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=max(1e-6 * abs(v0), 1e-12),
+                    tol=1e-7, max_iter=20_000)(x.double(), y.double()))
 
 
 def _ref_divergence_f32(x, y, blur):
-    """Cheapest reference (n = 5000 on a loaded machine): float32 otsolve with the proposed
-    changes, stopped on a loss tolerance 1e-6 x |value|. Its own error (~1e-6 relative in every
+    """Cheapest reference (n = 5000 on a loaded machine): float32 otsolve, stopped on a loss tolerance 1e-6 x |value|. Its own error (~1e-6 relative in every
     cell measured against float64) is four orders below GeomLoss's (~1e-2), which is what it must
     resolve; otsolve's own errors are then only bounded by ~1e-6."""
     from otsolve.torch import SamplesLoss as OL
 
-    with proposed_symmetric(stored_kernel=True, fused_backward=True):
-        v0 = float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-4)(x, y))
-        return float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-6 * abs(v0))(x, y))
+    v0 = float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-4)(x, y))
+    return float(OL("sinkhorn", p=2, blur=blur, scaling=0.7, loss_tol=1e-6 * abs(v0))(x, y))
 
 
 def bench_randn(ns, ds, blurs, repeats, variants=("shipped", "proposed"), ref="tight", warmup=True):
@@ -439,11 +348,9 @@ def bench_randn(ns, ds, blurs, repeats, variants=("shipped", "proposed"), ref="t
 
     ref_kind = ref
     ctx = {"shipped": contextlib.nullcontext, "proposed": proposed_symmetric,
-           "stored": lambda: proposed_symmetric(stored_kernel=True),
+           "stored": proposed_symmetric, "fused": proposed_symmetric, "stored+fused": proposed_symmetric,
            "clamped": lambda: proposed_symmetric(clamped_backward=True),
-           "stored+clamped": lambda: proposed_symmetric(stored_kernel=True, clamped_backward=True),
-           "fused": lambda: proposed_symmetric(fused_backward=True),
-           "stored+fused": lambda: proposed_symmetric(stored_kernel=True, fused_backward=True)}
+           "stored+clamped": lambda: proposed_symmetric(clamped_backward=True)}
     print(f"\n## randn clouds, debiased Sinkhorn divergence, fwd+bwd, float32 CPU (min / median of {repeats}, "
           f"interleaved; torch threads {torch.get_num_threads()})\n")
     head = "| n | d | blur | reference | GeomLoss s=0.9 time (s) | rel. error |"
@@ -642,7 +549,7 @@ def bench_large(n, blur=0.1, variant="shipped"):
     xr = x.clone().requires_grad_()
     t = time.perf_counter()
     ctx = {"shipped": contextlib.nullcontext, "proposed": proposed_symmetric,
-           "fused": lambda: proposed_symmetric(fused_backward=True)}[variant]
+           "fused": proposed_symmetric}[variant]
     with ctx():
         v = L(xr, y)
         v.backward()
