@@ -158,6 +158,12 @@ def test_solve_front_door_and_errors():
     for solver in (otsolve.SinkhornNewtonSparse(), ExactOT(), otsolve.SparsityConstrainedOT(k=2, gamma=0.5)):
         with pytest.raises(ValueError, match="balanced problems only"):
             solver(prob)
+    with pytest.raises(ValueError, match="rho_b"):
+        otsolve.BatchedLinearProblem(x=np.zeros((1, 3, 2)), epsilon=0.1, rho_b=float("nan"))
+    with pytest.raises(ValueError, match="rho applies to solve"):
+        otsolve.solve(prob, rho=1.0)
+    with pytest.raises(ValueError, match="rho_a"):
+        otsolve.solve(a, b, C, epsilon=0.05, rho=(1.0, 2.0, 3.0))
     with pytest.raises(ValueError, match="rho_b must be omitted or equal"):
         otsolve.BatchedLinearProblem(x=np.zeros((1, 3, 2)), epsilon=0.1, symmetric=True, rho_a=1.0, rho_b=2.0)
 
